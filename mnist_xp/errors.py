@@ -1,0 +1,33 @@
+"""The project's exceptions. Each carries the exit status the CLI returns for it."""
+
+
+class MnistXpError(Exception):
+    """Base class: a failure the user can act on, reported in one line."""
+
+    exit_code = 1
+
+
+class UsageError(MnistXpError, ValueError):
+    """A bad argument or option combination (exit 2)."""
+
+    exit_code = 2
+
+
+class BackendError(MnistXpError):
+    """The requested device cannot be used: missing CuPy, no GPU, no driver (exit 2)."""
+
+    exit_code = 2
+
+
+class DataError(MnistXpError):
+    """A data file is missing, malformed or fails its checksum (exit 1)."""
+
+
+class DownloadError(DataError):
+    """Every mirror failed; the message lists the URLs tried and the manual fix (exit 2)."""
+
+    exit_code = 2
+
+
+class DivergenceError(MnistXpError):
+    """The training loss became NaN or infinite (exit 1)."""
