@@ -1,0 +1,69 @@
+"""Fetch one file from a list of mirrors into a folder: timeouts, a progress bar, a temporary
+file renamed into place with os.replace, and an MD5 check of the decompressed payload.
+
+A file that fails its checksum is deleted and the next mirror is tried, so nothing that could
+later pass for a good file is ever left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .data import read_payload
+from .errors import DataError, DownloadError
+
+TIMEOUT_S = 30
+CHUNK = 1 << 16
+
+
+def md5(payload: bytes) -> str:
+    return hashlib.md5(payload, usedforsecurity=False).hexdigest()
+
+
+def _stream(url: str, handle, progress: bool) -> None:
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 (https mirrors)
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1],
+                  disable=not progress, leave=False) as bar:
+            while chunk := response.read(CHUNK):
+                handle.write(chunk)
+                bar.update(len(chunk))
+
+
+def fetch(filename: str, mirrors: list[str], folder: Path, payload_md5: str,
+          progress: bool = False) -> bytes:
+    """Download `filename` from the first mirror that serves it with the right payload MD5.
+
+    Returns the decompressed payload; the file lands in `folder` only once verified.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / filename
+    failures = []
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + "/" + filename
+        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                _stream(url, handle, progress)
+            payload = read_payload(tmp)
+            found = md5(payload)
+            if found != payload_md5:
+                raise DataError(f"MD5 of the payload is {found}, expected {payload_md5}")
+            os.replace(tmp, target)
+            return payload
+        except (OSError, urllib.error.URLError, DataError) as exc:
+            failures.append(f"  {url}: {getattr(exc, 'reason', None) or exc}")
+        finally:
+            tmp.unlink(missing_ok=True)
+    raise DownloadError(
+        f"could not download {filename}; tried:\n" + "\n".join(failures)
+        + f"\nPlace {filename} in {folder} by hand (or pass --data-dir DIR)."
+    )
