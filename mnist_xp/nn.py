@@ -1,0 +1,176 @@
+"""A dense network's forward pass, losses and backpropagation, written once for any Array API
+namespace (NumPy, CuPy, torch, array_api_strict). Nothing here imports an array library: each
+function asks its arrays for their namespace.
+
+Notation, for a batch of m rows and layers l = 1..L:
+    Z_l = A_{l-1}·W_l + b_l        A_0 = X
+    A_l = g(Z_l)  (hidden layers)  the last Z_L is the logits
+Parameters are the flat list [W_1, b_1, ..., W_L, b_L]; gradients come back in the same order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import array_namespace, device
+
+Array = Any
+HIDDEN_ACTIVATIONS = ("relu", "sigmoid", "tanh")
+OUTPUTS = ("softmax", "sigmoid")
+LOSSES = ("ce", "mse")
+
+
+def relu(Z: Array) -> tuple[Array, Array]:
+    """relu(z) = max(z, 0) = z·[z > 0]; slope [z > 0]."""
+    xp = array_namespace(Z)
+    slope = xp.astype(Z > 0, Z.dtype)
+    return Z * slope, slope
+
+
+def sigmoid(Z: Array) -> Array:
+    """sigmoid(z) = 1 / (1 + e^-z), computed as (1 + tanh(z/2)) / 2 so it never overflows."""
+    xp = array_namespace(Z)
+    return 0.5 * (xp.tanh(0.5 * Z) + 1.0)
+
+
+def sigmoid_with_slope(Z: Array) -> tuple[Array, Array]:
+    """A = sigmoid(z); slope A(1 - A)."""
+    A = sigmoid(Z)
+    return A, A * (1.0 - A)
+
+
+def tanh(Z: Array) -> tuple[Array, Array]:
+    """A = tanh(z); slope 1 - A²."""
+    A = array_namespace(Z).tanh(Z)
+    return A, 1.0 - A * A
+
+
+# Hidden activations: Z -> (A = g(Z), g'(Z)). The slope is computed in the forward pass,
+# where the values it needs are at hand, and kept for backward.
+ACTIVATIONS = {"relu": relu, "sigmoid": sigmoid_with_slope, "tanh": tanh}
+
+
+def log_softmax(Z: Array) -> Array:
+    """log softmax(z)_k = s_k - log Σ_j e^{s_j}, with s = z - max(z): finite for any finite z."""
+    xp = array_namespace(Z)
+    S = Z - xp.max(Z, axis=1, keepdims=True)
+    return S - xp.log(xp.sum(xp.exp(S), axis=1, keepdims=True))
+
+
+def softmax(Z: Array) -> Array:
+    """softmax(z)_k = e^{z_k} / Σ_j e^{z_j}, through the stable log_softmax."""
+    return array_namespace(Z).exp(log_softmax(Z))
+
+
+def output_probabilities(output: str, logits: Array) -> Array:
+    """The network's output A_L: softmax or element-wise sigmoid of the logits."""
+    return softmax(logits) if output == "softmax" else sigmoid(logits)
+
+
+def forward(params: list[Array], X: Array, activation: str
+            ) -> tuple[list[Array], list[Array], Array]:
+    """Run the network. Returns what backward needs, the inputs of every layer
+    [A_0 = X, A_1, ..., A_{L-1}] and the hidden slopes [g'(Z_1), ..., g'(Z_{L-1})], and the
+    logits Z_L."""
+    g = ACTIVATIONS[activation]
+    inputs, slopes = [X], []
+    last = len(params) // 2 - 1
+    for layer in range(last + 1):
+        W, b = params[2 * layer], params[2 * layer + 1]
+        Z = inputs[-1] @ W
+        Z += b  # Z = A·W + b, adding b in place
+        if layer == last:
+            return inputs, slopes, Z
+        A, slope = g(Z)
+        inputs.append(A)
+        slopes.append(slope)
+    raise ValueError("a network needs at least one layer")
+
+
+def logits(params: list[Array], X: Array, activation: str) -> Array:
+    """Z_L, the network's raw scores, for inputs X."""
+    return forward(params, X, activation)[2]
+
+
+def loss_and_logit_gradient(logits: Array, Y: Array, output: str, loss: str,
+                            rows: int | None = None) -> tuple[Array, Array]:
+    """The loss summed over these rows / m and dL/dZ_L, for one-hot targets Y, where m =
+    `rows` (default: these rows; the whole batch when these rows are one chunk of it).
+
+    ce  (softmax):  L = -(1/m) Σ Y ⊙ log softmax(Z)          dZ = (softmax(Z) - Y) / m
+    mse:            L = (1/2m) Σ (A - Y)²,  dA = (A - Y) / m
+        sigmoid:    dZ = dA ⊙ A(1 - A)
+        softmax:    dZ = A ⊙ (dA - Σ_k dA_k A_k)             (the softmax Jacobian applied to dA)
+    """
+    xp = array_namespace(logits, Y)
+    m = logits.shape[0] if rows is None else rows
+    if loss == "ce":
+        S = logits - xp.max(logits, axis=1, keepdims=True)  # log softmax(Z) = S - log Σ e^S
+        E = xp.exp(S)
+        sum_E = xp.sum(E, axis=1, keepdims=True)
+        value = -xp.sum(Y * (S - xp.log(sum_E))) / m
+        return value, (E / sum_E - Y) / m
+    A = output_probabilities(output, logits)
+    diff = A - Y
+    value = xp.sum(diff * diff) / (2 * m)
+    dA = diff / m
+    if output == "sigmoid":
+        return value, dA * (A * (1.0 - A))
+    return value, A * (dA - xp.sum(dA * A, axis=1, keepdims=True))
+
+
+def backward(params: list[Array], inputs: list[Array], slopes: list[Array], dZ: Array
+             ) -> list[Array]:
+    """Backpropagate dL/dZ_L through the layers (the 1/m is already inside dZ):
+
+    dW_l = A_{l-1}ᵀ·dZ_l     db_l = Σ_rows dZ_l     dZ_{l-1} = (dZ_l·W_lᵀ) ⊙ g'(Z_{l-1})
+    """
+    xp = array_namespace(dZ)
+    grads: list[Array] = [None] * len(params)
+    for layer in reversed(range(len(params) // 2)):
+        W, A_prev = params[2 * layer], inputs[layer]
+        grads[2 * layer] = xp.matrix_transpose(A_prev) @ dZ
+        grads[2 * layer + 1] = xp.sum(dZ, axis=0)
+        if layer > 0:
+            dZ = dZ @ xp.matrix_transpose(W)
+            dZ *= slopes[layer - 1]  # ⊙ g'(Z_{l-1}), in place
+    return grads
+
+
+def loss_and_gradients(params: list[Array], X: Array, Y: Array, activation: str, output: str,
+                       loss: str, chunk_size: int | None = None) -> tuple[Array, list[Array]]:
+    """Mean loss over the rows of X and its gradients (ordered like params).
+
+    With `chunk_size`, rows are processed in chunks and the gradients summed: the same full-
+    batch gradient, computed with chunk-sized temporaries (cache-sized on a CPU, or small
+    enough to fit a GPU's memory).
+    """
+    m = X.shape[0]
+    step = m if chunk_size is None else chunk_size
+    total_loss, total_grads = None, None
+    for start in range(0, m, step):
+        rows = slice(start, min(start + step, m))  # the standard leaves stops past the end open
+        inputs, slopes, Z = forward(params, X[rows, ...], activation)
+        value, dZ = loss_and_logit_gradient(Z, Y[rows, ...], output, loss, rows=m)
+        grads = backward(params, inputs, slopes, dZ)
+        if total_grads is None:
+            total_loss, total_grads = value, grads
+        else:
+            total_loss = total_loss + value
+            for total, g in zip(total_grads, grads):
+                total += g
+    return total_loss, total_grads
+
+
+def accuracy(logits: Array, labels: Array) -> Array:
+    """Fraction of rows whose largest logit is the label (a 0-d array: stays on the device)."""
+    xp = array_namespace(logits, labels)
+    hits = xp.astype(xp.argmax(logits, axis=1) == labels, logits.dtype)
+    return xp.mean(hits)
+
+
+def one_hot(labels: Array, dtype: Any, classes: int = 10) -> Array:
+    """Y_ik = 1 where labels_i = k, else 0."""
+    xp = array_namespace(labels)
+    classes_row = xp.arange(classes, dtype=labels.dtype, device=device(labels))
+    return xp.astype(xp.expand_dims(labels, axis=1) == classes_row, dtype)
