@@ -1,0 +1,107 @@
+"""Everything that defines a training run, as one frozen dataclass that validates itself."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .data import CLASSES, PIXELS
+from .errors import UsageError
+from .nn import HIDDEN_ACTIVATIONS, LOSSES, OUTPUTS
+from .optim import OPTIMIZERS
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A network (784 → hidden... → 10) and how to train it.
+
+    `batch_size=None` is full-batch gradient descent: each of `steps` steps uses every
+    training image. With a batch size, `epochs` (when given) sets the length instead:
+    steps = epochs · ⌈N / batch_size⌉ over shuffled mini-batches.
+    """
+
+    hidden: tuple[int, ...] = (128,)
+    activation: str = "relu"
+    output: str = "softmax"
+    loss: str = "ce"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    steps: int = 500
+    batch_size: int | None = None
+    epochs: int | None = None
+    seed: int = 0
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        _choice("activation", self.activation, HIDDEN_ACTIVATIONS)
+        _choice("output", self.output, OUTPUTS)
+        _choice("loss", self.loss, LOSSES)
+        _choice("optimizer", self.optimizer, tuple(OPTIMIZERS))
+        _choice("dtype", self.dtype, DTYPES)
+        if any(h < 1 for h in self.hidden):
+            raise UsageError(f"hidden layer sizes must be at least 1, got {list(self.hidden)}")
+        if self.loss == "ce" and self.output != "softmax":
+            raise UsageError("cross-entropy (--loss ce) needs the softmax output")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"the learning rate must be a positive number, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise UsageError(f"momentum must lie in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UsageError(f"weight decay must be >= 0, got {self.weight_decay}")
+        for name in ("steps", "batch_size", "epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
+        if self.seed < 0:
+            raise UsageError(f"the seed must be >= 0, got {self.seed}")
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Layer widths from input to output, e.g. (784, 128, 10)."""
+        return (PIXELS, *self.hidden, CLASSES)
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimizer steps for a training set of n_train rows."""
+        if self.batch_size is not None and self.batch_size > n_train:
+            raise UsageError(f"batch size {self.batch_size} is larger than the "
+                             f"{n_train} training images")
+        if self.batch_size is None or self.epochs is None:
+            return self.steps
+        return self.epochs * math.ceil(n_train / self.batch_size)
+
+    def describe(self) -> str:
+        """One line: '784→128→10 relu, softmax+ce, adam lr=0.001, full batch, 500 steps'."""
+        shape = "→".join(map(str, self.sizes))
+        acts = f"{self.activation}, " if self.hidden else ""
+        batch = "full batch" if self.batch_size is None else f"batch {self.batch_size}"
+        by_epoch = self.batch_size is not None and self.epochs is not None
+        length = f"{self.epochs} epochs" if by_epoch else f"{self.steps} steps"
+        decay = f", weight decay {self.weight_decay:g}" if self.weight_decay else ""
+        return (f"{shape} {acts}{self.output}+{self.loss}, {self.optimizer} lr={self.lr:g}"
+                f"{decay}, {batch}, {length}")
+
+    def replace(self, **changes: Any) -> Config:
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "hidden": list(self.hidden)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"unknown {name} {value!r}: choose from {', '.join(allowed)}")

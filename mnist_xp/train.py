@@ -1,0 +1,152 @@
+"""The training loop: full-batch (default) or shuffled mini-batch gradient descent, periodic
+evaluation on the device, a divergence stop, and the history of the run.
+
+The training and test sets cross to the device once. Inside the loop nothing crosses back but
+scalar metrics at log and evaluation points (and, for mini-batches, one index permutation per
+epoch going in).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+from tqdm import tqdm
+
+from . import nn
+from .backend import Backend, select_backend
+from .config import Config
+from .data import CLASSES, Dataset
+from .errors import DivergenceError, UsageError
+from .model import MLP, scale_images
+from .optim import make_optimizer
+from .presets import get_preset
+
+
+class DeviceSplit(NamedTuple):
+    """One split on the device: X (N, 784) floats in [0, 1], labels y (N,), one-hot Y (N, 10)."""
+
+    X: Any
+    y: Any
+    Y: Any
+
+
+def to_device(backend: Backend, images: np.ndarray, labels: np.ndarray, dtype: str) -> DeviceSplit:
+    X = scale_images(backend, images, dtype)
+    y = backend.asarray(labels.astype(np.int64))
+    with backend.activate():
+        return DeviceSplit(X, y, nn.one_hot(y, getattr(backend.xp, dtype), CLASSES))
+
+
+@dataclass
+class History:
+    """What a run did: one record per evaluation, plus totals."""
+
+    records: list[dict[str, float]] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    final_loss: float = math.nan
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.records[-1] if self.records else {}
+
+
+class Evaluation(NamedTuple):
+    accuracy: float
+    confusion: np.ndarray  # confusion[true, predicted] counts, (10, 10)
+
+
+def resolve_config(preset: str | Config, overrides: dict[str, Any]) -> Config:
+    """A preset (by name or as a Config) with the given fields replaced."""
+    base = get_preset(preset) if isinstance(preset, str) else preset
+    return base.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _batches(split: DeviceSplit, config: Config, backend: Backend,
+             rng: np.random.Generator) -> Iterator[DeviceSplit]:
+    """Endless (X, y, Y) batches: the whole split each step, or shuffled mini-batches."""
+    if config.batch_size is None:
+        while True:
+            yield split
+    xp, n = backend.xp, split.X.shape[0]
+    while True:
+        order = backend.asarray(rng.permutation(n))  # one host→device copy per epoch
+        for start in range(0, n, config.batch_size):
+            rows = order[start:min(start + config.batch_size, n)]
+            yield DeviceSplit(*(xp.take(a, rows, axis=0) for a in split))
+
+
+def _device_accuracy(model: MLP, split: DeviceSplit) -> float:
+    return float(nn.accuracy(model.logits(split.X), split.y))
+
+
+def train(data: Dataset, backend: Backend | None = None, preset: str | Config = "best", *,
+          eval_every: int | None = None, log_every: int = 10, chunk_size: int | None = None,
+          progress: bool = False, **overrides: Any) -> tuple[MLP, History]:
+    """Train a network on data.train_*, evaluating on data.test_* every `eval_every` steps.
+
+    `preset` names a preset or is a Config; keyword overrides replace its fields
+    (steps=, seed=, lr=, hidden=, ...). `chunk_size` splits each step's rows into chunks
+    whose gradients are summed (the same gradient; default: the backend's choice).
+    Returns the trained model and its history.
+    """
+    config = resolve_config(preset, overrides)
+    backend = backend or select_backend("auto")
+    total = config.total_steps(len(data.train_labels))
+    eval_every = eval_every or max(1, total // 10)
+    chunk_size = chunk_size or backend.default_chunk_rows
+    if eval_every < 1 or log_every < 1 or (chunk_size is not None and chunk_size < 1):
+        raise UsageError("--eval-every, --log-every and --chunk-size must be at least 1")
+    history = History()
+    # Divergence is caught from the loss below, so NumPy's overflow warnings would only be noise.
+    with backend.activate(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        train_split = to_device(backend, data.train_images, data.train_labels, config.dtype)
+        test_split = to_device(backend, data.test_images, data.test_labels, config.dtype)
+        model = MLP.initialise(config, backend)
+        optimizer = make_optimizer(config.optimizer, model.params, config.lr,
+                                   config.weight_decay, config.momentum)
+        batches = _batches(train_split, config, backend, np.random.default_rng([config.seed, 1]))
+        backend.synchronize()
+        start = time.perf_counter()
+        with tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True) as bar:
+            for step in range(1, total + 1):
+                batch = next(batches)
+                loss, grads = nn.loss_and_gradients(model.params, batch.X, batch.Y,
+                                                    config.activation, config.output,
+                                                    config.loss, chunk_size)
+                optimizer.step(model.params, grads)
+                if step % log_every == 0 or step % eval_every == 0 or step == total:
+                    history.final_loss = float(loss)
+                    if not math.isfinite(history.final_loss):
+                        raise DivergenceError(
+                            f"the loss became {history.final_loss} at step {step}: lower the "
+                            f"learning rate (--lr, now {config.lr:g})")
+                    bar.set_postfix(loss=f"{history.final_loss:.4f}", refresh=False)
+                if step % eval_every == 0 or step == total:
+                    history.records.append({
+                        "step": step, "loss": history.final_loss,
+                        "train_accuracy": _device_accuracy(model, train_split),
+                        "test_accuracy": _device_accuracy(model, test_split),
+                        "seconds": time.perf_counter() - start})
+                    bar.set_postfix(loss=f"{history.final_loss:.4f}",
+                                    train=f"{history.last['train_accuracy']:.2%}",
+                                    test=f"{history.last['test_accuracy']:.2%}", refresh=False)
+                bar.update(1)
+        backend.synchronize()
+        history.seconds = time.perf_counter() - start
+    history.steps = total
+    return model, history
+
+
+def evaluate(model: MLP, images: np.ndarray, labels: np.ndarray) -> Evaluation:
+    """Accuracy and the 10x10 confusion matrix (rows: true digit, columns: predicted)."""
+    predicted = model.predict(images)
+    truth = np.asarray(labels, dtype=np.int64)
+    confusion = np.bincount(truth * CLASSES + predicted, minlength=CLASSES * CLASSES)
+    return Evaluation(float(np.mean(predicted == truth)) if len(truth) else math.nan,
+                      confusion.reshape(CLASSES, CLASSES))
