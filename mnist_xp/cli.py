@@ -1,0 +1,282 @@
+"""The mnist-xp command: train, evaluate, info and bench. The only module that prints or exits.
+
+Exit status: 0 ok, 1 runtime failure, 2 usage or environment, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .backend import Backend, select_backend
+from .config import DTYPES, Config
+from .data import read_kaggle_csv
+from .datasets import DATASETS, load_dataset
+from .errors import MnistXpError, UsageError
+from .model import MLP, atomic_write
+from .nn import HIDDEN_ACTIVATIONS, LOSSES, OUTPUTS
+from .optim import OPTIMIZERS
+from .presets import PRESETS
+from .train import evaluate, resolve_config, train
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    """'256,128' -> (256, 128); '' or 'none' -> () (no hidden layer)."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 256,128, got {text!r}") from None
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "full":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'full' or a number, got {text!r}") from None
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:N or auto (CUDA when CuPy sees a GPU; default)")
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
+    parser.add_argument("--data-dir", type=Path,
+                        help="read the four IDX files from this folder, no network "
+                             "(default: $MNIST_XP_DATA_DIR or ~/.cache/mnist-xp, downloading "
+                             "on first use)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mnist-xp", description="Train a from-scratch MLP on MNIST with NumPy or CuPy.")
+    parser.add_argument("--version", action="version", version=f"mnist-xp {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("train", help="train a network and report test accuracy")
+    run.add_argument("--preset", default="best", choices=list(PRESETS),
+                     help="starting configuration; the flags below override it (default: best)")
+    run.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 256,128 or none")
+    run.add_argument("--activation", choices=HIDDEN_ACTIVATIONS)
+    run.add_argument("--output", choices=OUTPUTS)
+    run.add_argument("--loss", choices=LOSSES, help="ce (cross-entropy) or mse")
+    run.add_argument("--optimizer", choices=list(OPTIMIZERS))
+    run.add_argument("--lr", type=float, help="learning rate")
+    run.add_argument("--momentum", type=float, help="momentum coefficient (--optimizer momentum)")
+    run.add_argument("--weight-decay", type=float, help="L2 penalty on the weight matrices")
+    run.add_argument("--steps", type=int, help="optimizer steps")
+    run.add_argument("--epochs", type=int, help="epochs, with --batch-size N")
+    run.add_argument("--batch-size", type=_batch_size,
+                     help="'full' (every training image each step) or N for shuffled mini-batches")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--dtype", choices=DTYPES)
+    _add_device(run)
+    _add_data(run)
+    run.add_argument("--eval-every", type=int, metavar="K",
+                     help="evaluate train and test accuracy every K steps (default: steps/10)")
+    run.add_argument("--log-every", type=int, default=10, metavar="K",
+                     help="read the loss back every K steps (default: 10)")
+    run.add_argument("--chunk-size", type=int, metavar="ROWS",
+                     help="compute each step's gradient over chunks of ROWS rows "
+                          "(default: 2048 on a CPU, one pass on a GPU)")
+    run.add_argument("--metrics-out", type=Path, metavar="FILE", help="write metrics as JSON")
+    run.add_argument("--save", type=Path, metavar="FILE.npz", help="save weights and config")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_train)
+
+    check = commands.add_parser("evaluate", help="accuracy and confusion matrix of a saved model")
+    check.add_argument("--model", type=Path, required=True, metavar="FILE.npz")
+    check.add_argument("--csv", type=Path, metavar="FILE",
+                       help="a labelled Kaggle CSV (label,pixel0,...) instead of the test set")
+    _add_device(check)
+    _add_data(check)
+    check.set_defaults(func=cmd_evaluate)
+
+    info = commands.add_parser("info", help="library versions and the CUDA devices CuPy sees")
+    info.set_defaults(func=cmd_info)
+
+    bench = commands.add_parser("bench", help="time full-batch training steps")
+    _add_device(bench)
+    bench.add_argument("--hidden", type=_hidden, default=(128,), help="default: 128")
+    bench.add_argument("--dtype", choices=DTYPES, default="float32")
+    bench.add_argument("--rows", type=int, default=60_000, help="batch rows (default: 60000)")
+    bench.add_argument("--repeats", type=int, default=20, help="timed steps (default: 20)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
+    bench.add_argument("--chunk-size", type=int, metavar="ROWS")
+    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _backend(spec: str) -> Backend:
+    backend = select_backend(spec)
+    note = f" ({backend.note})" if backend.note else ""
+    print(f"device: {backend.name}{note}")
+    return backend
+
+
+def _check_writable(path: Path | None, flag: str) -> None:
+    """Fail before training, not after, when an output cannot be written."""
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"{flag} {path}: folder {folder} is not writable")
+
+
+def _write_json(path: Path, value: Any) -> None:
+    text = json.dumps(value, indent=2) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name) for name in (
+        "hidden", "activation", "output", "loss", "optimizer", "lr", "momentum", "weight_decay",
+        "steps", "epochs", "seed", "dtype")}
+    config = resolve_config(args.preset, overrides)
+    if args.batch_size is not None:
+        config = config.replace(batch_size=None if args.batch_size == "full" else args.batch_size)
+    _check_writable(args.save, "--save")
+    _check_writable(args.metrics_out, "--metrics-out")
+    print(f"preset {args.preset}: {config.describe()}, seed {config.seed}")
+    backend = _backend(args.device)
+    data = load_dataset(args.dataset, args.data_dir, progress=not args.quiet)
+    print(f"data: {data.name}, train {data.train_images.shape} test {data.test_images.shape} "
+          f"uint8 -> {config.dtype} in [0, 1]")
+    model, history = train(data, backend, config, eval_every=args.eval_every,
+                           log_every=args.log_every, chunk_size=args.chunk_size,
+                           progress=not args.quiet)
+    last = history.last
+    rate = history.steps / history.seconds if history.seconds > 0 else math.inf
+    print(f"done: {history.steps} steps in {history.seconds:.1f} s ({rate:.1f} steps/s); "
+          f"train accuracy {last['train_accuracy']:.2%}, test accuracy "
+          f"{last['test_accuracy']:.2%}, final loss {history.final_loss:.4f}")
+    if args.save:
+        model.save(args.save, extra={"history": history.records})
+        print(f"saved model to {args.save}")
+    if args.metrics_out:
+        _write_json(args.metrics_out, {
+            "preset": args.preset, "config": config.to_dict(), "dataset": data.name,
+            "backend": backend.library, "device": backend.device_name, "device_name": backend.name,
+            "dtype": config.dtype, "steps": history.steps,
+            "batch_size": config.batch_size or "full", "seconds": history.seconds,
+            "steps_per_second": rate, "train_accuracy": last["train_accuracy"],
+            "test_accuracy": last["test_accuracy"], "final_loss": history.final_loss,
+            "history": history.records, "mnist_xp_version": __version__})
+        print(f"wrote metrics to {args.metrics_out}")
+    return 0
+
+
+def format_confusion(confusion: np.ndarray) -> str:
+    """The 10x10 matrix with a header row; rows are true digits, columns predictions."""
+    width = max(5, len(str(int(confusion.max()))) + 1)
+    lines = ["true\\pred" + "".join(f"{k:>{width}}" for k in range(confusion.shape[1]))]
+    lines += [f"{k:>9}" + "".join(f"{v:>{width}}" for v in row) for k, row in enumerate(confusion)]
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    backend = _backend(args.device)
+    model = MLP.load(args.model, backend)
+    print(f"model: {args.model}: {model.config.describe()}")
+    if args.csv is not None:
+        images, labels = read_kaggle_csv(args.csv)
+        if labels is None:
+            raise UsageError(f"{args.csv} has no label column: it can be predicted on "
+                             "(model.predict) but not evaluated")
+        source = str(args.csv)
+    else:
+        data = load_dataset(args.dataset, args.data_dir)
+        images, labels, source = data.test_images, data.test_labels, f"{data.name} test set"
+    result = evaluate(model, images, labels)
+    print(f"accuracy on {source} ({len(labels)} images): {result.accuracy:.2%}")
+    print(format_confusion(result.confusion))
+    return 0
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(f"mnist-xp {__version__}, Python {platform.python_version()} on {platform.machine()}")
+    for name in ("numpy", "array-api-compat", "tqdm", "array-api-strict", "torch"):
+        print(f"{name}: {_version(name)}")
+    cupy_dists = [d for d in ("cupy-cuda13x", "cupy-cuda12x", "cupy")
+                  if _version(d) != "not installed"]
+    print(f"cupy: {', '.join(f'{d} {_version(d)}' for d in cupy_dists) or 'not installed'}")
+    if cupy_dists:
+        from .backend import cuda_backend
+
+        index = 0
+        while True:
+            try:
+                print(f"  cuda:{index}: {cuda_backend(index).name}")
+            except MnistXpError as exc:
+                if index == 0:
+                    print(f"  no CUDA device: {exc}")
+                break
+            index += 1
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import time_step
+
+    backend = _backend(args.device)
+    if args.rows < 1 or args.repeats < 1 or args.warmup < 0:
+        raise UsageError("--rows and --repeats must be at least 1, --warmup at least 0")
+    result = time_step(backend, args.hidden, args.dtype, rows=args.rows, repeats=args.repeats,
+                       warmup=args.warmup, chunk_size=args.chunk_size)
+    shape = "→".join(map(str, Config(hidden=args.hidden).sizes))
+    print(f"{shape} {args.dtype}, {args.rows} rows, chunk {result['chunk_size'] or 'none'}, "
+          f"median of {args.repeats} (after {args.warmup} warm-up):")
+    print(f"  full-batch step (forward, backward, Adam): {result['step_ms']:9.2f} ms")
+    print(f"  X·W1 + Xᵀ·dZ1 alone:                       {result['matmul_ms']:9.2f} ms")
+    print(f"  ratio step / two products:                 {result['ratio']:9.3f}")
+    if args.json:
+        _write_json(args.json, result)
+    return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    try:
+        return args.func(args)
+    except MnistXpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except MemoryError:
+        print("error: out of memory: try a smaller --chunk-size, --hidden or --batch-size",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
