@@ -1,0 +1,169 @@
+"""The mnist-xp command: exit codes, one-line errors, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import idx_images_bytes, kaggle_csv, write
+from mnist_xp.cli import main
+
+FAST = ["--preset", "relu10", "--steps", "12", "--lr", "0.05", "--quiet"]
+
+
+def run_module(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """python -m mnist_xp ARGS in a fresh interpreter, as a user would run it."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("MNIST_XP_DATA_DIR", None)
+    return subprocess.run([sys.executable, "-m", "mnist_xp", *args], capture_output=True,
+                          text=True, env=full_env, timeout=120)
+
+
+def test_cuda_without_cupy_exits_2_with_the_install_hint(tmp_path):
+    blocker = tmp_path / "nocupy"
+    blocker.mkdir()
+    (blocker / "cupy.py").write_text("raise ImportError('No module named cupy')\n")
+    result = run_module("train", "--device", "cuda", env={"PYTHONPATH": str(blocker)})
+    assert result.returncode == 2
+    assert result.stderr.strip() == ('error: --device cuda needs CuPy: pip install '
+                                     '"mnist-xp[cuda12]" (or "mnist-xp[cuda13]" for CUDA 13)')
+    assert "Traceback" not in result.stderr
+
+
+def test_cuda_with_cupy_but_no_gpu_exits_2_with_the_reason(tmp_path):
+    fake = tmp_path / "fakecupy"
+    fake.mkdir()
+    (fake / "cupy.py").write_text(
+        "import types\n"
+        "def _count():\n    raise RuntimeError('CUDA driver not found')\n"
+        "def is_available():\n    return False\n"
+        "cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=_count))\n")
+    result = run_module("train", "--device", "cuda:0", env={"PYTHONPATH": str(fake)})
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: CuPy found no usable CUDA GPU: CUDA driver not found"
+
+
+def test_auto_trains_on_the_cpu_and_says_so(tiny_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    metrics = tmp_path / "metrics.json"
+    model = tmp_path / "model.npz"
+    code = main(["train", *FAST, "--device", "auto", "--data-dir", str(tiny_dir),
+                 "--metrics-out", str(metrics), "--save", str(model)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "device: numpy" in out and "on cpu (auto chose the CPU: CuPy is not installed)" in out
+    assert "done: 12 steps" in out and "test accuracy" in out
+    report = json.loads(metrics.read_text())
+    for key in ("preset", "backend", "device", "dtype", "steps", "batch_size", "seconds",
+                "train_accuracy", "test_accuracy", "final_loss", "history"):
+        assert key in report
+    assert report["backend"] == "numpy" and report["device"] == "cpu"
+    assert report["steps"] == 12 and report["batch_size"] == "full"
+    assert report["history"][-1]["step"] == 12
+
+    assert main(["evaluate", "--model", str(model), "--device", "cpu",
+                 "--data-dir", str(tiny_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy on mnist test set (120 images)" in out
+    assert out.count("\n") >= 12 and "true\\pred" in out
+
+
+def test_overrides_and_batch_size_full(tiny_dir, capsys):
+    code = main(["train", "--preset", "sigmoid128", "--batch-size", "full", "--steps", "3",
+                 "--hidden", "8,4", "--device", "cpu", "--quiet", "--data-dir", str(tiny_dir)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "784→8→4→10 sigmoid, softmax+mse, sgd lr=1, full batch, 3 steps" in out
+
+
+def test_evaluate_kaggle_csv(tiny_dir, tiny_data, tmp_path, capsys):
+    model = tmp_path / "m.npz"
+    assert main(["train", *FAST, "--device", "cpu", "--data-dir", str(tiny_dir),
+                 "--save", str(model)]) == 0
+    labelled = kaggle_csv(tmp_path / "train.csv", tiny_data.test_images[:20],
+                          tiny_data.test_labels[:20])
+    assert main(["evaluate", "--model", str(model), "--device", "cpu",
+                 "--csv", str(labelled)]) == 0
+    assert "(20 images)" in capsys.readouterr().out
+    unlabelled = kaggle_csv(tmp_path / "test.csv", tiny_data.test_images[:20], None)
+    assert main(["evaluate", "--model", str(model), "--device", "cpu",
+                 "--csv", str(unlabelled)]) == 2
+    assert "no label column: it can be predicted on" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--lr", "-1"], "learning rate must be a positive number"),
+    (["--hidden", "0"], "hidden layer sizes must be at least 1"),
+    (["--steps", "0"], "steps must be at least 1"),
+    (["--batch-size", "1000"], "batch size 1000 is larger than the 240 training images"),
+    (["--save", "/nonexistent-dir/m.npz"], "folder /nonexistent-dir does not exist"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_bad_flags_exit_2_before_training(tiny_dir, capsys, flags, message):
+    code = main(["train", *FAST, "--device", "cpu", "--data-dir", str(tiny_dir), *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flags", [["--preset", "nope"], ["--hidden", "a,b"],
+                                   ["--batch-size", "half"], ["--dtype", "float16"]])
+def test_argparse_rejects(flags):
+    result = run_module("train", *flags)
+    assert result.returncode == 2 and "usage:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_data_file_is_one_line_exit_1(tiny_dir):
+    write(tiny_dir / "train-images-idx3-ubyte.gz", idx_images_bytes(np.zeros((2, 784)), 2049))
+    result = run_module("train", *FAST, "--device", "cpu", "--data-dir", str(tiny_dir))
+    assert result.returncode == 1
+    assert "wrong magic number 2049 (expected 2051); this is a label file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_divergence_exits_1(tiny_dir, capsys):
+    code = main(["train", "--preset", "relu10", "--lr", "1e30", "--steps", "20", "--quiet",
+                 "--device", "cpu", "--data-dir", str(tiny_dir)])
+    assert code == 1
+    assert "lower the learning rate (--lr, now 1e+30)" in capsys.readouterr().err
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    assert main(["train", *FAST, "--device", "cpu", "--data-dir", str(tmp_path / "no")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "numpy:" in out and "array-api-compat:" in out and "cupy:" in out
+
+
+def test_bench_prints_the_ratio(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "--device", "cpu", "--rows", "300", "--hidden", "16",
+                 "--repeats", "2", "--warmup", "1", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "ratio step / two products" in out
+    result = json.loads(out_json.read_text())
+    assert result["step_ms"] > 0 and result["matmul_ms"] > 0 and result["hidden"] == [16]
+
+
+def test_module_entry_point_and_version():
+    result = run_module("--version")
+    assert result.returncode == 0 and result.stdout.startswith("mnist-xp ")
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("mnist-xp")
+    if not script.exists():
+        pytest.skip("not installed with pip install -e . in this interpreter's environment")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "train" in result.stdout

@@ -1,0 +1,225 @@
+"""IDX and CSV readers, dataset loading, downloads (from file:// mirrors) and the real set."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import (idx_images_bytes, idx_labels_bytes, kaggle_csv, synthetic_dataset, write,
+                     write_dataset)
+from mnist_xp import DataError, load_dataset, read_idx_images, read_idx_labels, read_kaggle_csv
+from mnist_xp import datasets
+from mnist_xp.datasets import SPLIT_FILES, DatasetSpec
+from mnist_xp.errors import DownloadError, UsageError
+
+IMAGES = np.arange(3 * 784, dtype=np.int64).reshape(3, 784) % 256
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip(tmp_path, gz):
+    images = read_idx_images(write(tmp_path / "i", idx_images_bytes(IMAGES), gz))
+    labels = read_idx_labels(write(tmp_path / "l", idx_labels_bytes([7, 0, 9]), gz))
+    np.testing.assert_array_equal(images, IMAGES)
+    np.testing.assert_array_equal(labels, [7, 0, 9])
+    assert images.dtype == labels.dtype == np.uint8 and images.flags.writeable
+
+
+@pytest.mark.parametrize("payload,reader,message", [
+    (idx_images_bytes(IMAGES, magic=2049), read_idx_images, "wrong magic number 2049"),
+    (idx_labels_bytes([1, 2], magic=2051), read_idx_labels, "wrong magic number 2051"),
+    (idx_images_bytes(IMAGES[:, :783], rows=27, cols=29), read_idx_images, "27x29"),
+    (idx_images_bytes(IMAGES)[:-1], read_idx_images, "truncated"),
+    (idx_images_bytes(IMAGES) + b"\0", read_idx_images, "trailing bytes"),
+    (idx_labels_bytes([1, 2, 3])[:-1], read_idx_labels, "truncated"),
+    (idx_labels_bytes([1, 10, 3]), read_idx_labels, "label 10 at index 1"),
+    (b"\0\0\x08", read_idx_labels, "too short"),
+])
+def test_bad_idx_is_a_data_error(tmp_path, payload, reader, message):
+    path = write(tmp_path / "bad.gz", payload)
+    with pytest.raises(DataError, match=message) as info:
+        reader(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_gzip(tmp_path):
+    full = gzip.compress(idx_images_bytes(IMAGES))
+    path = tmp_path / "cut.gz"
+    path.write_bytes(full[: len(full) // 2])
+    with pytest.raises(DataError, match="truncated or corrupt gzip"):
+        read_idx_images(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_idx_images(tmp_path / "nope.gz")
+
+
+def test_load_dataset_from_data_dir(tiny_dir, tiny_data):
+    data = load_dataset(data_dir=tiny_dir)
+    for got, want in zip(data[:4], tiny_data[:4]):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_load_dataset_raw_files(tmp_path, tiny_data):
+    write_dataset(tmp_path, tiny_data, gz=False)
+    assert load_dataset(data_dir=tmp_path).train_images.shape == tiny_data.train_images.shape
+
+
+def test_count_mismatch(tiny_dir, tiny_data):
+    write(tiny_dir / "t10k-labels-idx1-ubyte.gz", idx_labels_bytes(tiny_data.test_labels[:-1]))
+    with pytest.raises(DataError, match="120 images but 119 labels"):
+        load_dataset(data_dir=tiny_dir)
+
+
+def test_missing_file_in_data_dir(tiny_dir):
+    (tiny_dir / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match="missing train-labels-idx1-ubyte"):
+        load_dataset(data_dir=tiny_dir)
+
+
+def test_unknown_dataset_and_dir(tmp_path):
+    with pytest.raises(UsageError, match="unknown dataset"):
+        load_dataset("cifar")
+    with pytest.raises(UsageError, match="no such directory"):
+        load_dataset(data_dir=tmp_path / "absent")
+
+
+def test_kaggle_csv(tmp_path):
+    labels = np.array([3, 1, 4])
+    images, got = read_kaggle_csv(kaggle_csv(tmp_path / "train.csv", IMAGES, labels))
+    np.testing.assert_array_equal(images, IMAGES)
+    np.testing.assert_array_equal(got, labels)
+    images, got = read_kaggle_csv(kaggle_csv(tmp_path / "test.csv", IMAGES, None))
+    assert got is None and images.shape == (3, 784)
+
+
+def test_kaggle_csv_short_row(tmp_path):
+    path = kaggle_csv(tmp_path / "train.csv", IMAGES, np.array([3, 1, 4]))
+    lines = path.read_text().splitlines()
+    lines[2] = lines[2].rsplit(",", 1)[0]  # 783 pixels
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="train.csv"):
+        read_kaggle_csv(path)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda text: text.replace("label,", "digit,", 1), "header"),
+    (lambda text: text.replace("\n3,", "\n10,", 1), "label 10"),
+    (lambda text: text.replace("\n3,0,", "\n3,256,", 1), "0-255"),
+    (lambda text: text.split("\n")[0] + "\n", "no data rows"),
+])
+def test_kaggle_csv_bad(tmp_path, edit, message):
+    path = kaggle_csv(tmp_path / "train.csv", IMAGES, np.array([3, 1, 4]))
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(DataError, match=message):
+        read_kaggle_csv(path)
+
+
+# --- downloads, from file:// mirrors -------------------------------------------------------
+
+@pytest.fixture
+def mirrors(tmp_path, monkeypatch):
+    """A dataset 'tiny' served by two file:// mirrors; the cache is $MNIST_XP_DATA_DIR/tiny."""
+    data = synthetic_dataset(n_train=30, n_test=20)
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    payloads = write_dataset(good, data)
+    bad.mkdir()
+    for stem, payload in payloads.items():  # same names, one flipped byte each
+        flipped = bytearray(payload)
+        flipped[-1] ^= 0xFF
+        write(bad / f"{stem}.gz", bytes(flipped))
+    md5s = {stem: hashlib.md5(p).hexdigest() for stem, p in payloads.items()}
+    spec = DatasetSpec("tiny", (bad.as_uri() + "/", good.as_uri() + "/"), md5s)
+    monkeypatch.setitem(datasets.DATASETS, "tiny", spec)
+    monkeypatch.setenv("MNIST_XP_DATA_DIR", str(tmp_path / "cache"))
+    return data, tmp_path / "cache" / "tiny", spec
+
+
+def test_download_skips_a_mirror_with_a_bad_checksum(mirrors):
+    data, cache, _ = mirrors
+    loaded = load_dataset("tiny")
+    np.testing.assert_array_equal(loaded.train_images, data.train_images)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s}.gz" for s in SPLIT_FILES)
+
+
+def test_cached_files_are_verified_and_refetched(mirrors):
+    data, cache, _ = mirrors
+    load_dataset("tiny")
+    path = cache / "train-labels-idx1-ubyte.gz"
+    payload = bytearray(gzip.decompress(path.read_bytes()))
+    payload[-1] = (payload[-1] + 1) % 10  # still a valid IDX file, but not the published one
+    path.write_bytes(gzip.compress(bytes(payload)))
+    with pytest.warns(UserWarning, match="fails its MD5 check; downloading it again"):
+        loaded = load_dataset("tiny")
+    np.testing.assert_array_equal(loaded.train_labels, data.train_labels)
+
+
+def test_total_download_failure_lists_every_url(mirrors, monkeypatch):
+    _, cache, spec = mirrors
+    dead = (spec.mirrors[0], spec.mirrors[0].replace("bad", "nowhere"))
+    monkeypatch.setitem(datasets.DATASETS, "tiny", DatasetSpec("tiny", dead, spec.payload_md5))
+    with pytest.raises(DownloadError) as info:
+        load_dataset("tiny")
+    message = str(info.value)
+    for mirror in dead:
+        assert mirror + "train-images-idx3-ubyte.gz" in message
+    assert "MD5" in message and "by hand" in message and str(cache) in message
+    assert not any(cache.iterdir()), "a failed download must leave nothing behind"
+
+
+def test_corrupt_cache_without_a_mirror_is_refused(mirrors, monkeypatch):
+    _, cache, spec = mirrors
+    load_dataset("tiny")
+    path = cache / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-8])
+    monkeypatch.setitem(datasets.DATASETS, "tiny", DatasetSpec("tiny", (), spec.payload_md5))
+    with warnings.catch_warnings(), pytest.raises(DataError, match="corrupted"):
+        warnings.simplefilter("ignore")
+        load_dataset("tiny")
+
+
+def test_cache_dir_layout(monkeypatch, tmp_path):
+    monkeypatch.setenv("MNIST_XP_DATA_DIR", str(tmp_path))
+    assert datasets.cache_dir("mnist") == tmp_path
+    assert datasets.cache_dir("fashion-mnist") == tmp_path / "fashion-mnist"
+    monkeypatch.delenv("MNIST_XP_DATA_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert datasets.cache_dir("mnist") == tmp_path / "xdg" / "mnist-xp" / "mnist"
+
+
+# --- the real MNIST files ------------------------------------------------------------------
+
+@pytest.mark.real_data
+def test_real_mnist_is_verified_and_shaped(real_data_dir):
+    data = load_dataset()  # $MNIST_XP_DATA_DIR: MD5-verified, no network when files are good
+    assert data.train_images.shape == (60000, 784) and data.test_images.shape == (10000, 784)
+    assert data.train_labels.shape == (60000,) and data.test_labels.shape == (10000,)
+    assert np.bincount(data.test_labels).tolist()[:3] == [980, 1135, 1032]
+
+
+def test_real_files_read_from_data_dir_without_a_network(real_data_dir, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("--data-dir must not download")
+
+    monkeypatch.setattr("urllib.request.urlopen", no_network)
+    assert load_dataset(data_dir=real_data_dir).test_labels[:5].tolist() == [7, 2, 1, 0, 4]
+
+
+def test_fashion_checksums_are_not_mnist():
+    assert set(datasets.DATASETS["fashion-mnist"].payload_md5.values()).isdisjoint(
+        datasets.DATASETS["mnist"].payload_md5.values())
+
+
+def test_fashion_mnist_from_debian_package_if_present():
+    folder = Path("/usr/share/datasets/fashion-mnist")
+    if not folder.is_dir():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    spec = datasets.DATASETS["fashion-mnist"]
+    for stem, expected in spec.payload_md5.items():
+        payload = gzip.decompress((folder / f"{stem}.gz").read_bytes())
+        assert hashlib.md5(payload).hexdigest() == expected

@@ -1,0 +1,161 @@
+"""Training, evaluation and models through the Python API, on every backend."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import assert_close
+from mnist_xp import MLP, Config, DataError, DivergenceError, UsageError, evaluate, train
+from mnist_xp.backend import numpy_backend
+from mnist_xp.data import Dataset
+from mnist_xp.model import init_params
+
+
+def test_same_seed_same_initial_weights(backend_dtype):
+    backend, dtype = backend_dtype
+    config = Config(hidden=(16, 8), dtype=dtype, seed=3)
+    model = MLP.initialise(config, backend)
+    for got, want in zip(model.host_params(), init_params(config)):
+        assert got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.5), ("momentum", 0.1), ("adam", 1e-3)])
+def test_five_steps_agree_with_numpy(backend_dtype, tiny_data, optimizer, lr):
+    backend, dtype = backend_dtype
+    config = Config(hidden=(32,), optimizer=optimizer, lr=lr, dtype=dtype, steps=5)
+    model, history = train(tiny_data, backend, config, eval_every=5)
+    reference, ref_history = train(tiny_data, numpy_backend(), config, eval_every=5)
+    for got, want in zip(model.host_params(), reference.host_params()):
+        assert got.dtype == np.dtype(dtype)
+        assert_close(got, want, dtype, scale=10)
+    assert_close(history.final_loss, ref_history.final_loss, dtype)
+
+
+def test_overfits_100_samples(backend_dtype):
+    """Random images with random labels: only memorising reaches 100%."""
+    backend, dtype = backend_dtype
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, size=(100, 784), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=100).astype(np.uint8)
+    data = Dataset(images, labels, images[:10], labels[:10])
+    config = Config(hidden=(64,), optimizer="adam", lr=3e-3, steps=150, dtype=dtype)
+    model, history = train(data, backend, config)
+    assert history.last["train_accuracy"] == 1.0
+    assert evaluate(model, images, labels).accuracy == 1.0
+
+
+def test_learns_the_synthetic_digits(tiny_data):
+    model, history = train(tiny_data, numpy_backend(), "relu10", steps=60, lr=0.05)
+    assert history.last["test_accuracy"] > 0.9
+    assert [r["step"] for r in history.records] == list(range(6, 61, 6))
+    assert history.seconds > 0 and history.steps == 60 and math.isfinite(history.final_loss)
+
+
+def test_minibatches_count_epochs(tiny_data):
+    config = Config(hidden=(16,), optimizer="sgd", lr=0.05, batch_size=50, epochs=10)
+    model, history = train(tiny_data, numpy_backend(), config)
+    assert history.steps == 10 * math.ceil(240 / 50)
+    assert history.last["test_accuracy"] > 0.9
+
+
+def test_minibatches_on_the_stand_in_gpu(tiny_data):
+    from conftest import make_backend
+
+    config = Config(hidden=(16,), optimizer="sgd", lr=0.1, batch_size=64, epochs=2)
+    _, history = train(tiny_data, make_backend("strict-device1"), config)
+    assert history.steps == 2 * 4
+
+
+def test_chunked_training_is_full_batch_training(tiny_data):
+    config = Config(hidden=(32,), dtype="float64", steps=10)
+    whole, _ = train(tiny_data, numpy_backend(), config, chunk_size=10_000)
+    chunked, _ = train(tiny_data, numpy_backend(), config, chunk_size=7)
+    for a, b in zip(whole.host_params(), chunked.host_params()):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_divergence_stops_with_advice(tiny_data):
+    with pytest.raises(DivergenceError, match="lower the learning rate"):
+        train(tiny_data, numpy_backend(), "relu10", lr=1e30, steps=20, log_every=1)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"lr": -1.0}, "learning rate"),
+    ({"hidden": (0,)}, "at least 1"),
+    ({"steps": 0}, "steps must be at least 1"),
+    ({"batch_size": 10_000}, "larger than the 240"),
+    ({"loss": "ce", "output": "sigmoid"}, "needs the softmax output"),
+    ({"optimizer": "rmsprop"}, "unknown optimizer"),
+    ({"colour": "blue"}, "unknown setting"),
+])
+def test_bad_settings(tiny_data, overrides, message):
+    with pytest.raises(UsageError, match=message):
+        train(tiny_data, numpy_backend(), "best", **overrides)
+
+
+def test_unknown_preset(tiny_data):
+    with pytest.raises(UsageError, match="unknown preset 'nope'"):
+        train(tiny_data, numpy_backend(), "nope")
+
+
+def test_evaluate_confusion(tiny_data):
+    model, _ = train(tiny_data, numpy_backend(), "relu10", steps=30)
+    result = evaluate(model, tiny_data.test_images, tiny_data.test_labels)
+    assert result.confusion.shape == (10, 10) and result.confusion.sum() == 120
+    assert result.accuracy == pytest.approx(np.trace(result.confusion) / 120)
+    np.testing.assert_array_equal(result.confusion.sum(axis=1), np.bincount(tiny_data.test_labels))
+
+
+def test_save_and_load(backend_dtype, tiny_data, tmp_path):
+    backend, dtype = backend_dtype
+    model, _ = train(tiny_data, backend, "relu10", steps=5, dtype=dtype)
+    path = tmp_path / "model.npz"
+    model.save(path, extra={"history": [{"step": 5}]})
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temp file left
+    loaded = MLP.load(path, backend)
+    assert loaded.config == model.config
+    images = tiny_data.test_images.reshape(-1, 28, 28)
+    np.testing.assert_array_equal(loaded.predict(images), model.predict(tiny_data.test_images))
+    probs = loaded.predict_proba(tiny_data.test_images)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_load_refuses_bad_files(tmp_path, tiny_data):
+    model, _ = train(tiny_data, numpy_backend(), "relu10", steps=1)
+    good = tmp_path / "good.npz"
+    model.save(good)
+    with np.load(good) as archive:
+        arrays = dict(archive)
+    cases = {
+        "pickle.npz": {**arrays, "param0": np.array([object()], dtype=object)},
+        "shapes.npz": {**arrays, "param0": np.zeros((784, 11), np.float32)},
+        "dtype.npz": {**arrays, "param1": arrays["param1"].astype(np.float64)},
+        "version.npz": {**arrays, "meta": np.array(json.dumps(
+            {**json.loads(str(arrays["meta"])), "format_version": 99}))},
+    }
+    messages = {"pickle.npz": "not an mnist-xp model", "shapes.npz": "do not match",
+                "dtype.npz": "not all float32", "version.npz": "version 99"}
+    for name, content in cases.items():
+        np.savez(tmp_path / name, **content)
+        with pytest.raises(DataError, match=messages[name]):
+            MLP.load(tmp_path / name, numpy_backend())
+    (tmp_path / "text.npz").write_text("hello")
+    with pytest.raises(DataError, match="not an mnist-xp model"):
+        MLP.load(tmp_path / "text.npz", numpy_backend())
+    with pytest.raises(DataError, match="not found"):
+        MLP.load(tmp_path / "absent.npz", numpy_backend())
+
+
+@pytest.mark.real_data
+def test_relu10_on_real_mnist(real_data_dir):
+    """relu10 for 100 full-batch steps on all 60,000 images reaches >= 80% on the 10k test set."""
+    from mnist_xp import load_dataset
+
+    data = load_dataset(data_dir=real_data_dir)
+    _, history = train(data, numpy_backend(), "relu10", steps=100)
+    assert history.last["test_accuracy"] >= 0.80
