@@ -20,8 +20,8 @@ OUTPUTS = ("softmax", "sigmoid")
 LOSSES = ("ce", "mse")
 
 
-def relu(Z: Array) -> tuple[Array, Array]:
-    """relu(z) = max(z, 0) = z·[z > 0]; slope [z > 0]."""
+def relu_with_slope(Z: Array) -> tuple[Array, Array]:
+    """A = relu(z) = max(z, 0) = z·[z > 0]; slope [z > 0]."""
     xp = array_namespace(Z)
     slope = xp.astype(Z > 0, Z.dtype)
     return Z * slope, slope
@@ -39,7 +39,7 @@ def sigmoid_with_slope(Z: Array) -> tuple[Array, Array]:
     return A, A * (1.0 - A)
 
 
-def tanh(Z: Array) -> tuple[Array, Array]:
+def tanh_with_slope(Z: Array) -> tuple[Array, Array]:
     """A = tanh(z); slope 1 - A²."""
     A = array_namespace(Z).tanh(Z)
     return A, 1.0 - A * A
@@ -47,7 +47,7 @@ def tanh(Z: Array) -> tuple[Array, Array]:
 
 # Hidden activations: Z -> (A = g(Z), g'(Z)). The slope is computed in the forward pass,
 # where the values it needs are at hand, and kept for backward.
-ACTIVATIONS = {"relu": relu, "sigmoid": sigmoid_with_slope, "tanh": tanh}
+ACTIVATIONS = {"relu": relu_with_slope, "sigmoid": sigmoid_with_slope, "tanh": tanh_with_slope}
 
 
 def log_softmax(Z: Array) -> Array:
@@ -104,7 +104,7 @@ def loss_and_logit_gradient(logits: Array, Y: Array, output: str, loss: str,
     """
     xp = array_namespace(logits, Y)
     m = logits.shape[0] if rows is None else rows
-    if loss == "ce":
+    if loss == "ce":  # log_softmax inlined, so that e^S serves both the loss and the gradient
         S = logits - xp.max(logits, axis=1, keepdims=True)  # log softmax(Z) = S - log Σ e^S
         E = xp.exp(S)
         sum_E = xp.sum(E, axis=1, keepdims=True)

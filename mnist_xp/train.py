@@ -81,8 +81,24 @@ def _batches(split: DeviceSplit, config: Config, backend: Backend,
             yield DeviceSplit(*(xp.take(a, rows, axis=0) for a in split))
 
 
-def _device_accuracy(model: MLP, split: DeviceSplit) -> float:
-    return float(nn.accuracy(model.logits(split.X), split.y))
+def _device_accuracy(model: MLP, split: DeviceSplit, chunk_size: int | None) -> float:
+    """Accuracy over a device split, in chunks of rows; one number comes back to the host."""
+    n = split.X.shape[0]
+    step = chunk_size or n
+    hits = 0.0
+    for start in range(0, n, step):
+        rows = slice(start, min(start + step, n))
+        chunk = nn.accuracy(model.logits(split.X[rows, ...]), split.y[rows])
+        hits = hits + chunk * (rows.stop - rows.start)
+    return float(hits) / n
+
+
+def _finite_loss(loss: Any, step: int, lr: float) -> float:
+    value = float(loss)
+    if not math.isfinite(value):
+        raise DivergenceError(f"the loss became {value} at step {step}: lower the learning "
+                              f"rate (--lr, now {lr:g})")
+    return value
 
 
 def train(data: Dataset, backend: Backend | None = None, preset: str | Config = "best", *,
@@ -120,18 +136,15 @@ def train(data: Dataset, backend: Backend | None = None, preset: str | Config = 
                                                     config.activation, config.output,
                                                     config.loss, chunk_size)
                 optimizer.step(model.params, grads)
-                if step % log_every == 0 or step % eval_every == 0 or step == total:
-                    history.final_loss = float(loss)
-                    if not math.isfinite(history.final_loss):
-                        raise DivergenceError(
-                            f"the loss became {history.final_loss} at step {step}: lower the "
-                            f"learning rate (--lr, now {config.lr:g})")
+                evaluating = step % eval_every == 0 or step == total
+                if evaluating or step % log_every == 0:
+                    history.final_loss = _finite_loss(loss, step, config.lr)
                     bar.set_postfix(loss=f"{history.final_loss:.4f}", refresh=False)
-                if step % eval_every == 0 or step == total:
+                if evaluating:
                     history.records.append({
                         "step": step, "loss": history.final_loss,
-                        "train_accuracy": _device_accuracy(model, train_split),
-                        "test_accuracy": _device_accuracy(model, test_split),
+                        "train_accuracy": _device_accuracy(model, train_split, chunk_size),
+                        "test_accuracy": _device_accuracy(model, test_split, chunk_size),
                         "seconds": time.perf_counter() - start})
                     bar.set_postfix(loss=f"{history.final_loss:.4f}",
                                     train=f"{history.last['train_accuracy']:.2%}",

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import synthetic_dataset, write_dataset
 from mnist_xp.backend import Backend, numpy_backend
+
+from helpers import synthetic_dataset, write_dataset
 
 
 def cupy_available() -> bool:

@@ -12,7 +12,8 @@ from mnist_xp.data import Dataset
 from mnist_xp.datasets import SPLIT_FILES
 
 
-def idx_images_bytes(images: np.ndarray, magic: int = 2051, rows: int = 28, cols: int = 28) -> bytes:
+def idx_images_bytes(images: np.ndarray, magic: int = 2051, rows: int = 28,
+                     cols: int = 28) -> bytes:
     return struct.pack(">IIII", magic, len(images), rows, cols) + images.astype(np.uint8).tobytes()
 
 

@@ -8,8 +8,9 @@ import types
 import numpy as np
 import pytest
 
-from conftest import make_backend
 from mnist_xp import Backend, BackendError, UsageError, select_backend
+
+from conftest import make_backend
 
 
 @pytest.fixture
@@ -38,7 +39,8 @@ def test_cpu():
 
 
 def test_cuda_without_cupy(no_cupy):
-    with pytest.raises(BackendError, match=r'--device cuda needs CuPy: pip install "mnist-xp\[cuda12\]"'):
+    hint = r'--device cuda needs CuPy: pip install "mnist-xp\[cuda12\]"'
+    with pytest.raises(BackendError, match=hint):
         select_backend("cuda")
 
 

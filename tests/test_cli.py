@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import idx_images_bytes, kaggle_csv, write
 from mnist_xp.cli import main
+
+from helpers import idx_images_bytes, kaggle_csv, write
 
 FAST = ["--preset", "relu10", "--steps", "12", "--lr", "0.05", "--quiet"]
 

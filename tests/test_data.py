@@ -9,13 +9,29 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from helpers import (idx_images_bytes, idx_labels_bytes, kaggle_csv, synthetic_dataset, write,
-                     write_dataset)
-from mnist_xp import DataError, load_dataset, read_idx_images, read_idx_labels, read_kaggle_csv
-from mnist_xp import datasets
+from mnist_xp import (
+    DataError,
+    datasets,
+    load_dataset,
+    read_idx_images,
+    read_idx_labels,
+    read_kaggle_csv,
+)
+from mnist_xp.data import parse_idx_images, parse_idx_labels
 from mnist_xp.datasets import SPLIT_FILES, DatasetSpec
 from mnist_xp.errors import DownloadError, UsageError
+
+from helpers import (
+    idx_images_bytes,
+    idx_labels_bytes,
+    kaggle_csv,
+    synthetic_dataset,
+    write,
+    write_dataset,
+)
 
 IMAGES = np.arange(3 * 784, dtype=np.int64).reshape(3, 784) % 256
 
@@ -223,3 +239,31 @@ def test_fashion_mnist_from_debian_package_if_present():
     for stem, expected in spec.payload_md5.items():
         payload = gzip.decompress((folder / f"{stem}.gz").read_bytes())
         assert hashlib.md5(payload).hexdigest() == expected
+
+
+# --- random bytes never raise anything but DataError ---------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000), st.sampled_from([parse_idx_images, parse_idx_labels]))
+def test_random_bytes_give_data_errors_only(payload, parse):
+    try:
+        result = parse(payload, "fuzz")
+    except DataError:
+        return
+    assert result.dtype == np.uint8
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 40))
+def test_mutated_headers_are_refused_before_reading(count, rows, cut):
+    """A header may claim any count or size: the payload length decides, nothing is allocated
+    from the claim."""
+    payload = idx_images_bytes(IMAGES)
+    header = payload[:4] + count.to_bytes(4, "big") + rows.to_bytes(4, "big") + payload[12:16]
+    mutated = header + payload[16:len(payload) - cut]
+    try:
+        images = parse_idx_images(mutated, "fuzz")
+    except DataError:
+        return
+    assert images.shape == (count, 784) and cut == 0

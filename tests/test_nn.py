@@ -8,9 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from conftest import assert_close
 from mnist_xp import nn
 from mnist_xp.optim import SGD, Adam, Momentum
+
+from conftest import assert_close
 
 PAIRS = [("softmax", "ce"), ("sigmoid", "mse"), ("softmax", "mse")]
 

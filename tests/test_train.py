@@ -8,11 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from conftest import assert_close
 from mnist_xp import MLP, Config, DataError, DivergenceError, UsageError, evaluate, train
 from mnist_xp.backend import numpy_backend
 from mnist_xp.data import Dataset
 from mnist_xp.model import init_params
+
+from conftest import assert_close
 
 
 def test_same_seed_same_initial_weights(backend_dtype):
