@@ -39,7 +39,8 @@ def time_step(backend: Backend, hidden: tuple[int, ...] = (128,), dtype: str = "
     """Median ms of one full-batch step (forward, backward, update) and of X·W1 + Xᵀ·dZ1.
 
     `chunk_size` as in train() (default: the backend's choice); the two products are timed
-    whole, in one pass each.
+    whole, in one pass each. The step computes no loss value, as training steps between log
+    points do not.
     """
     chunk_size = chunk_size or backend.default_chunk_rows
     rng = np.random.default_rng(seed)
@@ -56,7 +57,7 @@ def time_step(backend: Backend, hidden: tuple[int, ...] = (128,), dtype: str = "
 
         def step() -> None:
             _, grads = nn.loss_and_gradients(model.params, split.X, split.Y, "relu", "softmax",
-                                             "ce", chunk_size)
+                                             "ce", chunk_size, with_loss=False)
             opt.step(model.params, grads)
 
         def matmuls() -> None:

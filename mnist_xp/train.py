@@ -132,12 +132,13 @@ def train(data: Dataset, backend: Backend | None = None, preset: str | Config = 
         with tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True) as bar:
             for step in range(1, total + 1):
                 batch = next(batches)
+                evaluating = step % eval_every == 0 or step == total
+                logging = evaluating or step % log_every == 0  # the loss is read back
                 loss, grads = nn.loss_and_gradients(model.params, batch.X, batch.Y,
                                                     config.activation, config.output,
-                                                    config.loss, chunk_size)
+                                                    config.loss, chunk_size, with_loss=logging)
                 optimizer.step(model.params, grads)
-                evaluating = step % eval_every == 0 or step == total
-                if evaluating or step % log_every == 0:
+                if logging:
                     history.final_loss = _finite_loss(loss, step, config.lr)
                     bar.set_postfix(loss=f"{history.final_loss:.4f}", refresh=False)
                 if evaluating:
