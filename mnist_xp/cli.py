@@ -57,7 +57,7 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
-    parser.add_argument("--data-dir", type=Path,
+    parser.add_argument("--data-dir", type=Path, metavar="DIR",
                         help="read the four IDX files from this folder, no network "
                              "(default: $MNIST_XP_DATA_DIR or ~/.cache/mnist-xp, downloading "
                              "on first use)")
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("train", help="train a network and report test accuracy")
     run.add_argument("--preset", default="best", choices=list(PRESETS),
                      help="starting configuration; the flags below override it (default: best)")
-    run.add_argument("--hidden", type=_hidden, help="hidden layer sizes, e.g. 256,128 or none")
+    run.add_argument("--hidden", type=_hidden, metavar="SIZES",
+                     help="hidden layer sizes, e.g. 256,128, or none")
     run.add_argument("--activation", choices=HIDDEN_ACTIVATIONS)
     run.add_argument("--output", choices=OUTPUTS)
     run.add_argument("--loss", choices=LOSSES, help="ce (cross-entropy) or mse")
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--weight-decay", type=float, help="L2 penalty on the weight matrices")
     run.add_argument("--steps", type=int, help="optimizer steps")
     run.add_argument("--epochs", type=int, help="epochs, with --batch-size N")
-    run.add_argument("--batch-size", type=_batch_size,
+    run.add_argument("--batch-size", type=_batch_size, metavar="full|N",
                      help="'full' (every training image each step) or N for shuffled mini-batches")
     run.add_argument("--seed", type=int)
     run.add_argument("--dtype", choices=DTYPES)
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="time full-batch training steps")
     _add_device(bench)
-    bench.add_argument("--hidden", type=_hidden, default=(128,), help="default: 128")
+    bench.add_argument("--hidden", type=_hidden, default=(128,), metavar="SIZES",
+                       help="hidden layer sizes (default: 128)")
     bench.add_argument("--dtype", choices=DTYPES, default="float32")
     bench.add_argument("--rows", type=int, default=60_000, help="batch rows (default: 60000)")
     bench.add_argument("--repeats", type=int, default=20, help="timed steps (default: 20)")

