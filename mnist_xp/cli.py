@@ -137,7 +137,7 @@ def _check_writable(path: Path | None, flag: str) -> None:
     """Fail before training, not after, when an output cannot be written."""
     if path is None:
         return
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent
     if not folder.is_dir():
         raise UsageError(f"{flag} {path}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
@@ -275,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     except MnistXpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # disk full, permissions, ...: the OS's own words, in one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except MemoryError:
         print("error: out of memory: try a smaller --chunk-size, --hidden or --batch-size",
               file=sys.stderr)

@@ -43,7 +43,13 @@ def fetch(filename: str, mirrors: list[str], folder: Path, payload_md5: str,
 
     Returns the decompressed payload; the file lands in `folder` only once verified.
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError("the folder is not writable")
+    except OSError as exc:
+        raise DownloadError(f"cannot download {filename} into {folder}: "
+                            f"{exc.strerror or exc}") from None
     target = folder / filename
     failures = []
     for mirror in mirrors:

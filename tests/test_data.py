@@ -267,3 +267,11 @@ def test_mutated_headers_are_refused_before_reading(count, rows, cut):
     except DataError:
         return
     assert images.shape == (count, 784) and cut == 0
+
+
+def test_unwritable_cache_is_a_clear_download_error(tmp_path, monkeypatch):
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("MNIST_XP_DATA_DIR", str(blocked / "mnist"))
+    with pytest.raises(DownloadError, match="cannot download train-images-idx3-ubyte.gz into"):
+        load_dataset("mnist")
