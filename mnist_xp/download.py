@@ -71,5 +71,6 @@ def fetch(filename: str, mirrors: list[str], folder: Path, payload_md5: str,
             tmp.unlink(missing_ok=True)
     raise DownloadError(
         f"could not download {filename}; tried:\n" + "\n".join(failures)
-        + f"\nPlace {filename} in {folder} by hand (or pass --data-dir DIR)."
+        + f"\nPlace {filename} (and the dataset's other files) in {folder} by hand, or pass "
+        "--data-dir DIR."
     )
