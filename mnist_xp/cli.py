@@ -24,7 +24,8 @@ from .config import DTYPES, Config
 from .data import read_kaggle_csv
 from .datasets import DATASETS, load_dataset
 from .errors import MnistXpError, UsageError
-from .model import MLP, atomic_write
+from .files import atomic_write
+from .model import MLP
 from .nn import HIDDEN_ACTIVATIONS, LOSSES, OUTPUTS
 from .optim import OPTIMIZERS
 from .presets import PRESETS

@@ -43,12 +43,17 @@ def read_payload(path: str | Path) -> bytes:
         raise DataError(f"{path}: file not found") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return decompress(raw, str(path))
+
+
+def decompress(raw: bytes, source: str) -> bytes:
+    """Gunzip `raw` when it starts with the gzip magic 1f 8b; other bytes pass through."""
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"{path}: truncated or corrupt gzip data ({exc})") from None
+        raise DataError(f"{source}: truncated or corrupt gzip data ({exc})") from None
 
 
 def _header(payload: bytes, magic: int, fields: int, source: str) -> tuple[int, ...]:

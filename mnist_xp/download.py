@@ -1,23 +1,24 @@
-"""Fetch one file from a list of mirrors into a folder: timeouts, a progress bar, a temporary
-file renamed into place with os.replace, and an MD5 check of the decompressed payload.
+"""Fetch one file from a list of mirrors into a folder: timeouts, a progress bar, an MD5 check
+of the decompressed payload, and only then an atomic write under the file's name.
 
-A file that fails its checksum is deleted and the next mirror is tried, so nothing that could
-later pass for a good file is ever left behind.
+A download that fails its checksum is dropped and the next mirror is tried, so nothing that
+could later pass for a good file is ever left behind.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .data import read_payload
+from .data import decompress
 from .errors import DataError, DownloadError
+from .files import atomic_write
 
 TIMEOUT_S = 30
 CHUNK = 1 << 16
@@ -27,14 +28,17 @@ def md5(payload: bytes) -> str:
     return hashlib.md5(payload, usedforsecurity=False).hexdigest()
 
 
-def _stream(url: str, handle, progress: bool) -> None:
+def _download(url: str, progress: bool) -> bytes:
+    """The bytes at `url` (the MNIST archives are at most ~30 MB), with a progress bar."""
+    buffer = io.BytesIO()
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 (https mirrors)
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1],
                   disable=not progress, leave=False) as bar:
             while chunk := response.read(CHUNK):
-                handle.write(chunk)
+                buffer.write(chunk)
                 bar.update(len(chunk))
+    return buffer.getvalue()
 
 
 def fetch(filename: str, mirrors: list[str], folder: Path, payload_md5: str,
@@ -50,25 +54,19 @@ def fetch(filename: str, mirrors: list[str], folder: Path, payload_md5: str,
     except OSError as exc:
         raise DownloadError(f"cannot download {filename} into {folder}: "
                             f"{exc.strerror or exc}") from None
-    target = folder / filename
     failures = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + filename
-        fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{filename}.", suffix=".part")
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                _stream(url, handle, progress)
-            payload = read_payload(tmp)
+            raw = _download(url, progress)
+            payload = decompress(raw, url)
             found = md5(payload)
             if found != payload_md5:
                 raise DataError(f"MD5 of the payload is {found}, expected {payload_md5}")
-            os.replace(tmp, target)
+            atomic_write(folder / filename, lambda handle, raw=raw: handle.write(raw))
             return payload
         except (OSError, urllib.error.URLError, DataError) as exc:
             failures.append(f"  {url}: {getattr(exc, 'reason', None) or exc}")
-        finally:
-            tmp.unlink(missing_ok=True)
     raise DownloadError(
         f"could not download {filename}; tried:\n" + "\n".join(failures)
         + f"\nPlace {filename} (and the dataset's other files) in {folder} by hand, or pass "

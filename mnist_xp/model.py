@@ -4,8 +4,6 @@ save/load as a plain .npz (no pickle)."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from .backend import Backend
 from .config import Config
 from .data import PIXELS
 from .errors import DataError, UsageError
+from .files import atomic_write
 
 FORMAT_VERSION = 1
 PREDICT_CHUNK = 10_000
@@ -120,13 +119,3 @@ def read_model_file(path: Path) -> tuple[Config, list[np.ndarray]]:
     return config, params
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Call write(binary handle) on a temp file beside `path`, then os.replace it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -118,6 +119,9 @@ def test_save_and_load(backend_dtype, tiny_data, tmp_path):
     path = tmp_path / "model.npz"
     model.save(path, extra={"history": [{"step": 5}]})
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would, not mkstemp's 0600
     loaded = MLP.load(path, backend)
     assert loaded.config == model.config
     images = tiny_data.test_images.reshape(-1, 28, 28)
