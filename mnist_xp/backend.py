@@ -7,6 +7,7 @@ arrays in (`asarray`), results out (`to_numpy`) and to wait for queued work (`sy
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,31 @@ class Backend:
         stay in cache (measured: ~10% faster per step than one pass), None (one pass) on a GPU,
         where each extra chunk costs kernel launches."""
         return None if self.on_gpu else 2048
+
+    @property
+    def out_of_memory_errors(self) -> tuple[type[BaseException], ...]:
+        """The exceptions this library raises when device memory runs out."""
+        if self.is_cupy:
+            import cupy
+
+            return (cupy.cuda.memory.OutOfMemoryError,)
+        if array_api_compat.is_torch_namespace(self.xp):
+            import torch
+
+            return (torch.OutOfMemoryError,)
+        return (MemoryError,)
+
+    @property
+    def tail(self) -> Any:
+        """The element-wise kernels of a step (nn.Tail): CuPy's fused ones, unless the
+        environment sets MNIST_XP_FUSED=0; the Array API reference everywhere else."""
+        from .nn import ARRAY_API_TAIL
+
+        if self.is_cupy and os.environ.get("MNIST_XP_FUSED", "1") != "0":
+            from .fused import cupy_tail
+
+            return cupy_tail()
+        return ARRAY_API_TAIL
 
     def activate(self) -> contextlib.AbstractContextManager:
         """Make this device current. CuPy's creation functions ignore `device=` and use the

@@ -1,16 +1,20 @@
-"""Time full-batch training steps: the median ms per step, and the same run's median for the
-step's two large matrix products alone (X·W1 and Xᵀ·dZ1), whose ratio is the cost of
-everything else (activations, softmax, reductions, the optimizer and the Array API layer).
+"""The CPU-vs-GPU benchmark: full-batch training steps timed on every device, with their FLOP
+rate, share of the device's peak, dataset transfer time, peak memory, GPU/CPU speedup, the same
+step hand-written in PyTorch, and the time the `best` preset needs to reach 97% and 98%.
 
-Synthetic uint8 images stand in for MNIST: dense matrix work takes the same time whatever the
-pixel values, and the benchmark then needs no dataset.
+Synthetic uint8 images of MNIST's shape stand in for the data in the step timings: dense matrix
+work takes the same time whatever the pixel values. Time to accuracy trains on the real data.
 """
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -18,61 +22,316 @@ import numpy as np
 from . import nn
 from .backend import Backend
 from .config import Config
-from .data import CLASSES, PIXELS
+from .data import CLASSES, PIXELS, Dataset
 from .model import MLP
 from .optim import make_optimizer
-from .train import to_device
+from .train import to_device, train
+
+# Vendor datasheet peaks (dense, no sparsity), FLOP/s, by a substring of CuPy's device name;
+# the first match wins. float64 uses the FP64 tensor-core rate, which cuBLAS's DGEMM uses.
+GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
+    ("H200 NVL", {"float32": 60e12, "tf32": 417e12, "float64": 60e12}),
+    ("H200", {"float32": 67e12, "tf32": 495e12, "float64": 67e12}),
+    ("H100 PCIe", {"float32": 51e12, "tf32": 378e12, "float64": 51e12}),
+    ("H100 NVL", {"float32": 60e12, "tf32": 418e12, "float64": 60e12}),
+    ("H100", {"float32": 67e12, "tf32": 495e12, "float64": 67e12}),  # SXM (80GB HBM3)
+    ("A100", {"float32": 19.5e12, "tf32": 156e12, "float64": 19.5e12}),
+    ("L4", {"float32": 30.3e12, "tf32": 60e12, "float64": 0.47e12}),
+]
 
 
-def _timed(backend: Backend, work: Callable[[], Any]) -> float:
-    """Seconds for work(), with the device synchronised before and after."""
+def flops_per_step(sizes: tuple[int, ...], rows: int) -> int:
+    """Matrix-product FLOPs of one full-batch step: each layer of fan-in a and fan-out b costs
+    2·N·a·b for Z = A·W, 2·N·a·b for dW = Aᵀ·dZ and, above the first layer, 2·N·a·b for
+    dA = dZ·Wᵀ. For 784→H→10: N·H·(4·784 + 6·10)."""
+    return sum(2 * rows * a * b * (2 if layer == 0 else 3)
+               for layer, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])))
+
+
+def cpu_description() -> dict[str, Any]:
+    """The host CPU: model, usable cores, clock, and the widest FMA the flags show."""
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as lines:
+            for line in lines:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    flags = set(info.get("flags", "").split())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"model": info.get("model name") or platform.processor() or platform.machine(),
+            "cores": cores, "mhz": float(info.get("cpu MHz", 0) or 0),
+            "vendor": info.get("vendor_id", ""),
+            "fma": "avx512" if "avx512f" in flags else "avx2" if "fma" in flags else ""}
+
+
+def cpu_peak(dtype: str) -> tuple[float | None, str]:
+    """Nominal peak: cores × clock × FMA FLOP per cycle. Two FMA pipes of 256 bits give 32
+    float32 FLOP per cycle; Intel's AVX-512 cores 64; AMD Zen 4 runs AVX-512 on 256-bit pipes."""
+    cpu = cpu_description()
+    if not cpu["mhz"] or not cpu["fma"]:
+        return None, "unknown (no clock or FMA flags in /proc/cpuinfo)"
+    per_cycle = 64 if cpu["fma"] == "avx512" and cpu["vendor"] == "GenuineIntel" else 32
+    if dtype == "float64":
+        per_cycle //= 2
+    peak = cpu["cores"] * cpu["mhz"] * 1e6 * per_cycle
+    return peak, (f"{cpu['cores']} cores × {cpu['mhz'] / 1e3:.2f} GHz × {per_cycle} {dtype} "
+                  f"FLOP/cycle ({cpu['fma'].upper()} FMA) = {peak / 1e9:.0f} GFLOP/s nominal")
+
+
+def gpu_peak(gpu_name: str, dtype: str, tf32: bool) -> tuple[float | None, str]:
+    kind = "tf32" if tf32 and dtype == "float32" else dtype
+    for key, peaks in GPU_PEAKS:
+        if key in gpu_name:
+            label = {"tf32": "TF32 tensor core", "float32": "FP32", "float64": "FP64 tensor core"}
+            return peaks[kind], (f"{key} {label[kind]} {peaks[kind] / 1e12:.1f} TFLOP/s "
+                                 f"(NVIDIA datasheet, dense)")
+    return None, f"unknown for {gpu_name!r}"
+
+
+def gpu_name(backend: Backend) -> str:
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(backend.device.id)
+    return props["name"].decode(errors="replace")
+
+
+def machine_description(backends: list[Backend]) -> dict[str, Any]:
+    """What ran the benchmark: CPU, GPUs with driver, and library versions."""
+    import array_api_compat
+
+    blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    machine: dict[str, Any] = {
+        "cpu": cpu_description(), "python": platform.python_version(),
+        "platform": platform.platform(), "numpy": np.__version__,
+        "blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip(),
+        "array_api_compat": array_api_compat.__version__}
+    try:
+        import torch
+
+        machine["torch"] = torch.__version__
+    except ImportError:
+        pass
+    for backend in backends:
+        if backend.is_cupy:
+            import cupy
+
+            machine["cupy"] = cupy.__version__
+            machine["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
+            machine["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+            machine.setdefault("gpus", []).append(backend.name)
+    return machine
+
+
+def elapsed(backend: Backend, work: Callable[[], Any]) -> float:
+    """Seconds that work() takes on the device: CUDA events on a GPU (never a bare host clock
+    around asynchronous work), perf_counter on the CPU, where the work is synchronous."""
+    if backend.is_cupy:
+        import cupy
+
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        work()
+        end.record()
+        end.synchronize()
+        return cupy.cuda.get_elapsed_time(start, end) / 1e3
     backend.synchronize()
-    start = time.perf_counter()
+    begin = time.perf_counter()
     work()
     backend.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - begin
 
 
-def time_step(backend: Backend, hidden: tuple[int, ...] = (128,), dtype: str = "float32",
-              rows: int = 60_000, repeats: int = 20, warmup: int = 3, optimizer: str = "adam",
-              chunk_size: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Median ms of one full-batch step (forward, backward, update) and of X·W1 + Xᵀ·dZ1.
+@contextmanager
+def tf32_mode(backend: Backend, enabled: bool) -> Iterator[None]:
+    """CuPy's float32 matmuls on TF32 tensor cores or in full FP32, for the block only."""
+    if not backend.is_cupy:
+        yield
+        return
+    from cupy._core import _routines_linalg as linalg
 
-    `chunk_size` as in train() (default: the backend's choice); the two products are timed
-    whole, in one pass each. The step computes no loss value, as training steps between log
-    points do not.
-    """
-    chunk_size = chunk_size or backend.default_chunk_rows
+    before = linalg.get_compute_type(np.float32)
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled
+                            else linalg.COMPUTE_TYPE_DEFAULT)
+    try:
+        yield
+    finally:
+        linalg.set_compute_type(np.float32, before)
+
+
+def _synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, size=(rows, PIXELS), dtype=np.uint8)
-    labels = rng.integers(0, CLASSES, size=rows).astype(np.uint8)
-    config = Config(hidden=hidden, activation="relu", loss="ce", optimizer=optimizer, dtype=dtype)
-    with backend.activate():
+    return images, rng.integers(0, CLASSES, size=rows).astype(np.uint8)
+
+
+def _pool_bytes(backend: Backend, reset: bool = False) -> int | None:
+    """CuPy's memory pool size. The pool keeps freed blocks for reuse, so after a run its size
+    is that run's high-water mark."""
+    if not backend.is_cupy:
+        return None
+    import cupy
+
+    pool = cupy.get_default_memory_pool()
+    if reset:
+        pool.free_all_blocks()
+    return pool.total_bytes()
+
+
+def measure_case(backend: Backend, hidden: tuple[int, ...], dtype: str = "float32", *,
+                 tf32: bool = False, tail: nn.Tail | None = None, rows: int = 60_000,
+                 repeats: int = 20, warmup: int = 3, chunk_size: int | None = None,
+                 seed: int = 0) -> dict[str, Any]:
+    """Time one case: the median full-batch step (forward, backward, Adam, no loss value, as
+    between log points in training) and, interleaved with it so both see the same machine load,
+    the median of the step's two big products X·W1 and Xᵀ·dZ1 alone."""
+    tail = tail or backend.tail
+    chunk_size = chunk_size or backend.default_chunk_rows
+    images, labels = _synthetic(rows, seed)
+    config = Config(hidden=hidden, activation="relu", loss="ce", optimizer="adam", dtype=dtype)
+    _pool_bytes(backend, reset=True)
+    tracing = not backend.on_gpu  # host memory is traced by tracemalloc, for one step
+    with backend.activate(), tf32_mode(backend, tf32):
+        # the first transfer pays one-off kernel compiles on a GPU: the median of 3
+        transfer_s = [elapsed(backend, lambda: to_device(backend, images, labels, dtype))
+                      for _ in range(3)]
+        if tracing:
+            tracemalloc.start()
         split = to_device(backend, images, labels, dtype)
         model = MLP.initialise(config, backend, seed)
-        opt = make_optimizer(optimizer, model.params, config.lr)
-        W1 = model.params[0]
-        dZ1 = backend.asarray(rng.standard_normal((rows, W1.shape[1])).astype(dtype))
+        opt = make_optimizer("adam", model.params, config.lr, fused_adam=tail.adam_update)
         xp = backend.xp
 
         def step() -> None:
             _, grads = nn.loss_and_gradients(model.params, split.X, split.Y, "relu", "softmax",
-                                             "ce", chunk_size, with_loss=False)
+                                             "ce", chunk_size, False, tail)
             opt.step(model.params, grads)
 
-        def matmuls() -> None:
+        def products() -> None:
             split.X @ W1
             xp.matrix_transpose(split.X) @ dZ1
 
+        step()
+        backend.synchronize()
+        if tracing:
+            peak_bytes = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        W1 = model.params[0]
+        dZ1 = backend.asarray(np.random.default_rng(seed).standard_normal(
+            (rows, W1.shape[1])).astype(dtype))
         for _ in range(warmup):
             step()
-            matmuls()
-        step_s, matmul_s = [], []
-        for _ in range(repeats):  # interleaved, so both see the same machine load
-            step_s.append(_timed(backend, step))
-            matmul_s.append(_timed(backend, matmuls))
-    step_ms, matmul_ms = 1e3 * statistics.median(step_s), 1e3 * statistics.median(matmul_s)
-    return {"backend": backend.name, "hidden": list(hidden), "dtype": dtype, "rows": rows,
-            "chunk_size": chunk_size, "repeats": repeats, "step_ms": step_ms,
-            "matmul_ms": matmul_ms,
-            "ratio": step_ms / matmul_ms}
+            products()
+        step_s, product_s = [], []
+        for _ in range(repeats):
+            step_s.append(elapsed(backend, step))
+            product_s.append(elapsed(backend, products))
+    if not tracing:
+        peak_bytes = _pool_bytes(backend)
+    step_ms = 1e3 * statistics.median(step_s)
+    product_ms = 1e3 * statistics.median(product_s)
+    flops = flops_per_step(config.sizes, rows)
+    if backend.on_gpu:
+        peak, peak_name = gpu_peak(gpu_name(backend), dtype, tf32)
+    else:
+        peak, peak_name = cpu_peak(dtype)
+    gflops = flops / (step_ms / 1e3) / 1e9
+    return {"device": backend.device_name, "backend": backend.name, "hidden": list(hidden),
+            "dtype": dtype, "tf32": tf32 if backend.on_gpu and dtype == "float32" else None,
+            "tail": tail.name, "rows": rows, "chunk_size": chunk_size, "repeats": repeats,
+            "step_ms": step_ms, "products_ms": product_ms, "step_over_products":
+            step_ms / product_ms, "gflop_per_step": flops / 1e9, "gflops": gflops,
+            "peak_gflops": peak / 1e9 if peak else None,
+            "percent_of_peak": 100 * gflops * 1e9 / peak if peak else None, "peak": peak_name,
+            "to_device_ms": 1e3 * statistics.median(transfer_s), "peak_memory_bytes": peak_bytes}
+
+
+def torch_step_ms(device: str, hidden: tuple[int, ...], dtype: str = "float32", *,
+                  tf32: bool = False, rows: int = 60_000, repeats: int = 20, warmup: int = 3,
+                  seed: int = 0) -> float:
+    """Median ms of the same full-batch step hand-written in PyTorch: the same shapes, init,
+    ReLU, softmax cross-entropy gradient, backprop by hand (no autograd) and Adam, one pass
+    over all rows, timed with CUDA events on a GPU."""
+    import torch
+
+    from .model import init_params
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    tdtype = getattr(torch, dtype)
+    images, labels = _synthetic(rows, seed)
+    X = torch.as_tensor(images, device=dev).to(tdtype) / 255.0
+    Y = torch.nn.functional.one_hot(torch.as_tensor(labels, device=dev).long(), CLASSES)
+    Y = Y.to(tdtype)
+    config = Config(hidden=hidden, activation="relu", dtype=dtype)
+    params = [torch.as_tensor(p, device=dev) for p in init_params(config, seed)]
+    m_state = [torch.zeros_like(p) for p in params]
+    v_state = [torch.zeros_like(p) for p in params]
+    lr, beta1, beta2, eps = config.lr, 0.9, 0.999, 1e-8
+    t = 0
+
+    def step() -> None:
+        nonlocal t
+        t += 1
+        layers = len(params) // 2
+        inputs = [X]
+        for layer in range(layers - 1):
+            inputs.append(torch.addmm(params[2 * layer + 1], inputs[-1], params[2 * layer])
+                          .relu_())
+        Z = torch.addmm(params[-1], inputs[-1], params[-2])
+        dZ = torch.softmax(Z, dim=1).sub_(Y).div_(rows)
+        grads = [None] * len(params)
+        for layer in reversed(range(layers)):
+            grads[2 * layer] = inputs[layer].T @ dZ
+            grads[2 * layer + 1] = dZ.sum(dim=0)
+            if layer > 0:
+                dZ = (dZ @ params[2 * layer].T).mul_(inputs[layer] > 0)
+        root2 = (1 - beta2**t) ** 0.5
+        step_size, eps_hat = lr * root2 / (1 - beta1**t), eps * root2
+        for p, g, m, v in zip(params, grads, m_state, v_state):
+            m.mul_(beta1).add_(g, alpha=1 - beta1)
+            v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            p.addcdiv_(m, v.sqrt().add_(eps_hat), value=-step_size)
+
+    def timed() -> float:
+        if cuda:
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+        begin = time.perf_counter()
+        step()
+        return time.perf_counter() - begin
+
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        for _ in range(warmup + 1):
+            step()
+        if cuda:
+            torch.cuda.synchronize(dev)
+        return 1e3 * statistics.median(timed() for _ in range(repeats))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def time_to_accuracy(data: Dataset, backend: Backend, targets: tuple[float, ...] = (0.97, 0.98),
+                     eval_every: int = 5) -> dict[str, Any]:
+    """Training seconds (evaluations excluded) until the `best` preset first reaches each test
+    accuracy in `targets`, checked every `eval_every` steps. A 2-step run first pays the one-off
+    costs (kernel compiles, cuBLAS start-up) so that they are not counted."""
+    train(data, backend, "best", steps=2, log_every=2)
+    _, history = train(data, backend, "best", eval_every=eval_every, log_every=eval_every,
+                       stop_at_accuracy=max(targets))
+    reached: dict[str, Any] = {}
+    for target in targets:
+        hit = next((r for r in history.records if r["test_accuracy"] >= target), None)
+        reached[f"{target:.0%}"] = (None if hit is None else
+                                    {"seconds": hit["train_seconds"], "step": hit["step"]})
+    return {"device": backend.device_name, "backend": backend.name, "eval_every": eval_every,
+            "reached": reached, "steps_run": history.steps,
+            "final_test_accuracy": history.last.get("test_accuracy")}

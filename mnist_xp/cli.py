@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .backend import Backend, select_backend
-from .config import DTYPES, Config
+from .config import DTYPES
 from .data import read_kaggle_csv
 from .datasets import DATASETS, load_dataset
 from .errors import MnistXpError, UsageError
@@ -113,16 +114,33 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="library versions and the CUDA devices CuPy sees")
     info.set_defaults(func=cmd_info)
 
-    bench = commands.add_parser("bench", help="time full-batch training steps")
-    _add_device(bench)
-    bench.add_argument("--hidden", type=_hidden, default=(128,), metavar="SIZES",
-                       help="hidden layer sizes (default: 128)")
+    bench = commands.add_parser(
+        "bench", help="CPU-vs-GPU report: step times, GFLOP/s, speedups, time to accuracy")
+    bench.add_argument("--device", default="all",
+                       help="all (the CPU, and CUDA when usable; default), cpu, cuda or cuda:N")
+    bench.add_argument("--hidden", type=_hidden, nargs="+", default=[(10,), (128,), (800,)],
+                       metavar="SIZES", help="networks to time, each a hidden-size list like 128 "
+                                             "or 1024,256 (default: 10 128 800)")
     bench.add_argument("--dtype", choices=DTYPES, default="float32")
+    bench.add_argument("--tf32", choices=("both", "on", "off"), default="both",
+                       help="float32 matmuls on a GPU with TF32 tensor cores, without, or both "
+                            "(default: both)")
     bench.add_argument("--rows", type=int, default=60_000, help="batch rows (default: 60000)")
     bench.add_argument("--repeats", type=int, default=20, help="timed steps (default: 20)")
     bench.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
-    bench.add_argument("--chunk-size", type=int, metavar="ROWS")
-    bench.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
+    bench.add_argument("--chunk-size", type=int, metavar="ROWS",
+                       help="rows per chunk (default: 2048 on a CPU, one pass on a GPU)")
+    bench.add_argument("--no-torch", action="store_true",
+                       help="skip the PyTorch side-by-side step even when torch is installed")
+    bench.add_argument("--no-accuracy", action="store_true",
+                       help="skip time to 97%%/98%% (it trains `best` on the real data)")
+    bench.add_argument("--accuracy-every", type=int, default=5, metavar="K",
+                       help="check test accuracy every K steps for time to accuracy (default: 5)")
+    _add_data(bench)
+    bench.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
+    bench.add_argument("--markdown", type=Path, metavar="FILE", help="write the report there too")
+    bench.add_argument("--plot", type=Path, metavar="FILE.png",
+                       help="step time and speedup plot (needs the plot extra: matplotlib)")
     bench.set_defaults(func=cmd_bench)
     return parser
 
@@ -244,22 +262,91 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import time_step
+def _bench_backends(spec: str) -> list[Backend]:
+    if spec.strip().lower() != "all":
+        return [select_backend(spec)]
+    backends = [select_backend("cpu")]
+    gpu = select_backend("auto")
+    if gpu.on_gpu:
+        backends.append(gpu)
+    else:
+        print(f"bench: CPU only ({gpu.note.removeprefix('auto chose the CPU: ')})")
+    return backends
 
-    backend = _backend(args.device)
-    if args.rows < 1 or args.repeats < 1 or args.warmup < 0:
-        raise UsageError("--rows and --repeats must be at least 1, --warmup at least 0")
-    result = time_step(backend, args.hidden, args.dtype, rows=args.rows, repeats=args.repeats,
-                       warmup=args.warmup, chunk_size=args.chunk_size)
-    shape = "→".join(map(str, Config(hidden=args.hidden).sizes))
-    print(f"{shape} {args.dtype}, {args.rows} rows, chunk {result['chunk_size'] or 'none'}, "
-          f"median of {args.repeats} (after {args.warmup} warm-up):")
-    print(f"  full-batch step (forward, backward, Adam): {result['step_ms']:9.2f} ms")
-    print(f"  X·W1 + Xᵀ·dZ1 alone:                       {result['matmul_ms']:9.2f} ms")
-    print(f"  ratio step / two products:                 {result['ratio']:9.3f}")
+
+def _torch_device(backend: Backend) -> str | None:
+    """The torch device for the side-by-side step, or None when torch cannot run there."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if backend.on_gpu:
+        return backend.device_name if torch.cuda.is_available() else None
+    return "cpu"
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench, bench_report
+
+    if args.rows < 1 or args.repeats < 1 or args.warmup < 0 or args.accuracy_every < 1:
+        raise UsageError("--rows, --repeats and --accuracy-every must be at least 1, --warmup "
+                         "at least 0")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise UsageError("--chunk-size must be at least 1")
+    for flag, path in (("--json", args.json), ("--markdown", args.markdown),
+                       ("--plot", args.plot)):
+        _check_writable(path, flag)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError('--plot needs matplotlib: pip install "mnist-xp[plot]"') from None
+    backends = _bench_backends(args.device)
+    data = None
+    if not args.no_accuracy:
+        data = load_dataset(args.dataset, args.data_dir, progress=True)
+    tf32_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.tf32]
+    cases = []
+    for backend in backends:
+        print(f"device: {backend.name}", flush=True)
+        tails = [backend.tail]
+        if backend.tail.name != "array-api":
+            from .nn import ARRAY_API_TAIL
+
+            tails.append(ARRAY_API_TAIL)
+        modes = tf32_modes if backend.on_gpu and args.dtype == "float32" else (False,)
+        torch_device = None if args.no_torch else _torch_device(backend)
+        for hidden in args.hidden:
+            for tf32 in modes:
+                for tail in tails:
+                    case = bench.measure_case(
+                        backend, hidden, args.dtype, tf32=tf32, tail=tail, rows=args.rows,
+                        repeats=args.repeats, warmup=args.warmup, chunk_size=args.chunk_size)
+                    if torch_device and tail is tails[0]:
+                        case["torch_ms"] = bench.torch_step_ms(
+                            torch_device, hidden, args.dtype, tf32=tf32, rows=args.rows,
+                            repeats=args.repeats, warmup=args.warmup)
+                    print(f"  {bench_report.hidden_label(hidden)} {args.dtype} tf32={case['tf32']} "
+                          f"{case['tail']}: {case['step_ms']:.2f} ms/step", flush=True)
+                    cases.append(case)
+    bench_report.add_speedups(cases)
+    accuracy = []
+    if data is not None:
+        for backend in backends:
+            print(f"time to accuracy on {backend.device_name} (best preset)...", flush=True)
+            accuracy.append(bench.time_to_accuracy(data, backend, eval_every=args.accuracy_every))
+    result = {"command": args.command_line,
+              "rows": args.rows, "repeats": args.repeats, "warmup": args.warmup,
+              "machine": bench.machine_description(backends), "cases": cases,
+              "accuracy": accuracy}
+    report = bench_report.markdown(result)
+    print(report)
     if args.json:
         _write_json(args.json, result)
+    if args.markdown:
+        atomic_write(args.markdown, lambda handle: handle.write(report.encode()))
+    if args.plot:
+        bench_report.plot(result, args.plot)
     return 0
 
 
@@ -269,7 +356,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["mnist-xp", *argv])
     warnings.showwarning = _show_warning
     try:
         return args.func(args)

@@ -31,3 +31,7 @@ class DownloadError(DataError):
 
 class DivergenceError(MnistXpError):
     """The training loss became NaN or infinite (exit 1)."""
+
+
+class DeviceMemoryError(MnistXpError):
+    """The device ran out of memory; the message gives the estimate and the flag to use (exit 1)."""

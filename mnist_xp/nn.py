@@ -10,6 +10,8 @@ Parameters are the flat list [W_1, b_1, ..., W_L, b_L]; gradients come back in t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from array_api_compat import array_namespace, device
@@ -91,7 +93,46 @@ def output_probabilities(output: str, logits: Array) -> Array:
     return softmax(logits) if output == "softmax" else sigmoid(logits)
 
 
-def forward(params: list[Array], X: Array, activation: str
+def bias_relu(Z: Array, b: Array) -> tuple[Array, Array]:
+    """A = relu(Z + b), in place in Z, and its slope [Z + b > 0]."""
+    Z += b
+    return relu_with_slope(Z)
+
+
+def times_slope(dA: Array, slope: Array) -> Array:
+    """dZ = dA ⊙ g'(Z), in place in dA."""
+    dA *= slope
+    return dA
+
+
+def softmax_ce_gradient(logits: Array, Y: Array, rows: int) -> Array:
+    """dL/dZ = (softmax(Z) - Y) / m for the softmax cross-entropy, without the loss value."""
+    return loss_and_logit_gradient(logits, Y, "softmax", "ce", rows, with_loss=False)[1]
+
+
+@dataclass(frozen=True)
+class Tail:
+    """The element-wise work around a step's matrix products, which a backend may fuse into
+    fewer kernels. These Array API versions are the reference and the default everywhere;
+    mnist_xp.fused has CuPy kernels behind the same signatures.
+
+    bias_relu(Z, b) -> (A, slope)      A = relu(Z + b) in place; slope is what relu_backward needs
+    relu_backward(dA, slope) -> dZ     dA ⊙ [Z > 0], in place
+    softmax_ce_gradient(Z, Y, m) -> dZ (softmax(Z) - Y) / m
+    adam_update(p, g, m, v, ...)       one fused Adam update, or None for optim.Adam's own
+    """
+
+    name: str = "array-api"
+    bias_relu: Callable[[Array, Array], tuple[Array, Array]] = bias_relu
+    relu_backward: Callable[[Array, Array], Array] = times_slope
+    softmax_ce_gradient: Callable[[Array, Array, int], Array] = softmax_ce_gradient
+    adam_update: Callable[..., None] | None = None
+
+
+ARRAY_API_TAIL = Tail()
+
+
+def forward(params: list[Array], X: Array, activation: str, tail: Tail = ARRAY_API_TAIL
             ) -> tuple[list[Array], list[Array], Array]:
     """Run the network. Returns what backward needs, the inputs of every layer
     [A_0 = X, A_1, ..., A_{L-1}] and the hidden slopes [g'(Z_1), ..., g'(Z_{L-1})], and the
@@ -102,10 +143,14 @@ def forward(params: list[Array], X: Array, activation: str
     for layer in range(last + 1):
         W, b = params[2 * layer], params[2 * layer + 1]
         Z = inputs[-1] @ W
-        Z += b  # Z = A·W + b, adding b in place
         if layer == last:
+            Z += b  # Z = A·W + b, adding b in place
             return inputs, slopes, Z
-        A, slope = g(Z)
+        if activation == "relu":
+            A, slope = tail.bias_relu(Z, b)
+        else:
+            Z += b
+            A, slope = g(Z)
         inputs.append(A)
         slopes.append(slope)
     raise ValueError("a network needs at least one layer")
@@ -145,42 +190,45 @@ def loss_and_logit_gradient(logits: Array, Y: Array, output: str, loss: str,
     return value, A * (dA - row_sums(dA * A))
 
 
-def backward(params: list[Array], inputs: list[Array], slopes: list[Array], dZ: Array
-             ) -> list[Array]:
+def backward(params: list[Array], inputs: list[Array], slopes: list[Array], dZ: Array,
+             activation: str = "relu", tail: Tail = ARRAY_API_TAIL) -> list[Array]:
     """Backpropagate dL/dZ_L through the layers (the 1/m is already inside dZ):
 
     dW_l = A_{l-1}ᵀ·dZ_l     db_l = 1ᵀ·dZ_l (Σ_rows)     dZ_{l-1} = (dZ_l·W_lᵀ) ⊙ g'(Z_{l-1})
     """
     xp = array_namespace(dZ)
+    times_hidden_slope = tail.relu_backward if activation == "relu" else times_slope
     grads: list[Array] = [None] * len(params)
     for layer in reversed(range(len(params) // 2)):
         W, A_prev = params[2 * layer], inputs[layer]
         grads[2 * layer] = xp.matrix_transpose(A_prev) @ dZ
         grads[2 * layer + 1] = column_sums(dZ)
         if layer > 0:
-            dZ = dZ @ xp.matrix_transpose(W)
-            dZ *= slopes[layer - 1]  # ⊙ g'(Z_{l-1}), in place
+            dZ = times_hidden_slope(dZ @ xp.matrix_transpose(W), slopes[layer - 1])
     return grads
 
 
 def loss_and_gradients(params: list[Array], X: Array, Y: Array, activation: str, output: str,
-                       loss: str, chunk_size: int | None = None, with_loss: bool = True
-                       ) -> tuple[Array | None, list[Array]]:
+                       loss: str, chunk_size: int | None = None, with_loss: bool = True,
+                       tail: Tail = ARRAY_API_TAIL) -> tuple[Array | None, list[Array]]:
     """Mean loss over the rows of X (None unless with_loss) and its gradients, ordered like
     params.
 
     With `chunk_size`, rows are processed in chunks and the gradients summed: the same full-
     batch gradient, computed with chunk-sized temporaries (cache-sized on a CPU, or small
-    enough to fit a GPU's memory).
+    enough to fit a GPU's memory). `tail` does the element-wise work (default: Array API).
     """
     m = X.shape[0]
     step = m if chunk_size is None else chunk_size
     total_loss, total_grads = None, None
     for start in range(0, m, step):
         rows = slice(start, min(start + step, m))  # the standard leaves stops past the end open
-        inputs, slopes, Z = forward(params, X[rows, ...], activation)
-        value, dZ = loss_and_logit_gradient(Z, Y[rows, ...], output, loss, m, with_loss)
-        grads = backward(params, inputs, slopes, dZ)
+        inputs, slopes, Z = forward(params, X[rows, ...], activation, tail)
+        if loss == "ce" and not with_loss:
+            value, dZ = None, tail.softmax_ce_gradient(Z, Y[rows, ...], m)
+        else:
+            value, dZ = loss_and_logit_gradient(Z, Y[rows, ...], output, loss, m, with_loss)
+        grads = backward(params, inputs, slopes, dZ, activation, tail)
         if total_grads is None:
             total_loss, total_grads = value, grads
         else:

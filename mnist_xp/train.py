@@ -21,7 +21,7 @@ from . import nn
 from .backend import Backend, select_backend
 from .config import Config
 from .data import CLASSES, Dataset
-from .errors import DivergenceError, UsageError
+from .errors import DeviceMemoryError, DivergenceError, UsageError
 from .model import MLP, scale_images
 from .optim import make_optimizer
 from .presets import get_preset
@@ -93,6 +93,28 @@ def _device_accuracy(model: MLP, split: DeviceSplit, chunk_size: int | None) -> 
     return float(hits) / n
 
 
+def estimated_bytes(config: Config, train_rows: int, test_rows: int, chunk_rows: int) -> int:
+    """Device memory a run needs, roughly: both splits as floats with one-hot labels, the
+    parameters with their gradients, a chunk's gradients and the optimizer's state, and one
+    chunk's activations, slopes and backward temporaries."""
+    itemsize = 8 if config.dtype == "float64" else 4
+    sizes = config.sizes
+    data = (train_rows + test_rows) * ((sizes[0] + sizes[-1]) * itemsize + 8)
+    params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    state = {"adam": 2, "momentum": 1}.get(config.optimizer, 0)
+    per_row = 2 * sum(sizes[1:-1]) + 3 * sizes[-1] + 2 * max(sizes[1:])
+    return data + (3 + state) * params * itemsize + chunk_rows * per_row * itemsize
+
+
+def _out_of_memory(config: Config, data: Dataset, chunk_rows: int) -> DeviceMemoryError:
+    need = estimated_bytes(config, len(data.train_labels), len(data.test_labels), chunk_rows)
+    smaller = max(256, 2 ** (max(chunk_rows // 4, 1).bit_length() - 1))
+    return DeviceMemoryError(
+        f"the device ran out of memory: this run needs about {need / 2**30:.2f} GiB with "
+        f"{chunk_rows}-row chunks; use --chunk-size {smaller} (the same full-batch gradient, "
+        f"in smaller pieces), a smaller --hidden, or --dtype float32")
+
+
 def _finite_loss(loss: Any, step: int, lr: float) -> float:
     value = float(loss)
     if not math.isfinite(value):
@@ -103,13 +125,16 @@ def _finite_loss(loss: Any, step: int, lr: float) -> float:
 
 def train(data: Dataset, backend: Backend | None = None, preset: str | Config = "best", *,
           eval_every: int | None = None, log_every: int = 10, chunk_size: int | None = None,
-          progress: bool = False, **overrides: Any) -> tuple[MLP, History]:
+          progress: bool = False, stop_at_accuracy: float | None = None,
+          **overrides: Any) -> tuple[MLP, History]:
     """Train a network on data.train_*, evaluating on data.test_* every `eval_every` steps.
 
     `preset` names a preset or is a Config; keyword overrides replace its fields
     (steps=, seed=, lr=, hidden=, ...). `chunk_size` splits each step's rows into chunks
     whose gradients are summed (the same gradient; default: the backend's choice).
-    Returns the trained model and its history.
+    `stop_at_accuracy` ends the run at the first evaluation whose test accuracy reaches it.
+    Each history record has `seconds` (wall time so far) and `train_seconds` (the same
+    without the evaluations). Returns the trained model and its history.
     """
     config = resolve_config(preset, overrides)
     backend = backend or select_backend("auto")
@@ -118,17 +143,31 @@ def train(data: Dataset, backend: Backend | None = None, preset: str | Config = 
     chunk_size = chunk_size or backend.default_chunk_rows
     if eval_every < 1 or log_every < 1 or (chunk_size is not None and chunk_size < 1):
         raise UsageError("--eval-every, --log-every and --chunk-size must be at least 1")
+    try:
+        return _train(data, backend, config, eval_every, log_every, chunk_size, progress,
+                      stop_at_accuracy)
+    except backend.out_of_memory_errors:
+        rows = chunk_size or config.batch_size or len(data.train_labels)
+        raise _out_of_memory(config, data, rows) from None
+
+
+def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log_every: int,
+           chunk_size: int | None, progress: bool, stop_at_accuracy: float | None
+           ) -> tuple[MLP, History]:
+    total = config.total_steps(len(data.train_labels))
     history = History()
     # Divergence is caught from the loss below, so NumPy's overflow warnings would only be noise.
     with backend.activate(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         train_split = to_device(backend, data.train_images, data.train_labels, config.dtype)
         test_split = to_device(backend, data.test_images, data.test_labels, config.dtype)
         model = MLP.initialise(config, backend)
+        tail = backend.tail
         optimizer = make_optimizer(config.optimizer, model.params, config.lr,
-                                   config.weight_decay, config.momentum)
+                                   config.weight_decay, config.momentum, tail.adam_update)
         batches = _batches(train_split, config, backend, np.random.default_rng([config.seed, 1]))
         backend.synchronize()
         start = time.perf_counter()
+        evaluation_seconds = 0.0
         with tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True) as bar:
             for step in range(1, total + 1):
                 batch = next(batches)
@@ -136,24 +175,32 @@ def train(data: Dataset, backend: Backend | None = None, preset: str | Config = 
                 logging = evaluating or step % log_every == 0  # the loss is read back
                 loss, grads = nn.loss_and_gradients(model.params, batch.X, batch.Y,
                                                     config.activation, config.output,
-                                                    config.loss, chunk_size, with_loss=logging)
+                                                    config.loss, chunk_size, logging, tail)
                 optimizer.step(model.params, grads)
                 if logging:
                     history.final_loss = _finite_loss(loss, step, config.lr)
                     bar.set_postfix(loss=f"{history.final_loss:.4f}", refresh=False)
                 if evaluating:
-                    history.records.append({
-                        "step": step, "loss": history.final_loss,
-                        "train_accuracy": _device_accuracy(model, train_split, chunk_size),
-                        "test_accuracy": _device_accuracy(model, test_split, chunk_size),
-                        "seconds": time.perf_counter() - start})
+                    backend.synchronize()
+                    evaluation_start = time.perf_counter()
+                    record = {"step": step, "loss": history.final_loss,
+                              "train_accuracy": _device_accuracy(model, train_split, chunk_size),
+                              "test_accuracy": _device_accuracy(model, test_split, chunk_size)}
+                    now = time.perf_counter()
+                    record["train_seconds"] = evaluation_start - start - evaluation_seconds
+                    record["seconds"] = now - start
+                    evaluation_seconds += now - evaluation_start
+                    history.records.append(record)
                     bar.set_postfix(loss=f"{history.final_loss:.4f}",
                                     train=f"{history.last['train_accuracy']:.2%}",
                                     test=f"{history.last['test_accuracy']:.2%}", refresh=False)
                 bar.update(1)
+                history.steps = step
+                if (evaluating and stop_at_accuracy is not None
+                        and record["test_accuracy"] >= stop_at_accuracy):
+                    break
         backend.synchronize()
         history.seconds = time.perf_counter() - start
-    history.steps = total
     return model, history
 
 

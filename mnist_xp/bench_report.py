@@ -1,0 +1,117 @@
+"""The benchmark's results as a Markdown report and as a picture (matplotlib, extra `plot`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+from .files import atomic_write
+
+
+def hidden_label(hidden: list[int]) -> str:
+    return ",".join(map(str, hidden)) or "none"
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def add_speedups(cases: list[dict[str, Any]]) -> None:
+    """Each case's speedup over the CPU case of the same hidden sizes and dtype, in place."""
+    cpu = {(tuple(c["hidden"]), c["dtype"]): c["step_ms"] for c in cases if c["device"] == "cpu"}
+    for case in cases:
+        base = cpu.get((tuple(case["hidden"]), case["dtype"]))
+        case["speedup_vs_cpu"] = base / case["step_ms"] if base else None
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The report: the step table, the peaks it used, and time to accuracy."""
+    lines = [
+        f"Full-batch step over {result['rows']:,} rows (forward, backward, Adam), median of "
+        f"{result['repeats']} after {result['warmup']} warm-up; command: `{result['command']}`",
+        "",
+        "| device | hidden | dtype | TF32 | tail | step ms | GFLOP/s | % of peak "
+        "| step / 2 products | to device ms | peak memory MiB | speedup vs CPU | torch ms "
+        "| ours / torch |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in result["cases"]:
+        tf32 = "–" if c["tf32"] is None else ("on" if c["tf32"] else "off")
+        memory = None if c["peak_memory_bytes"] is None else c["peak_memory_bytes"] / 2**20
+        ours_over_torch = c["step_ms"] / c["torch_ms"] if c.get("torch_ms") else None
+        lines.append(
+            f"| {c['device']} | {hidden_label(c['hidden'])} | {c['dtype']} | {tf32} "
+            f"| {c['tail']} | {_number(c['step_ms'], 2)} | {_number(c['gflops'])} "
+            f"| {_number(c['percent_of_peak'])} | {_number(c['step_over_products'], 3)} "
+            f"| {_number(c['to_device_ms'])} | {_number(memory)} "
+            f"| {_number(c.get('speedup_vs_cpu'), 2)} | {_number(c.get('torch_ms'), 2)} "
+            f"| {_number(ours_over_torch, 2)} |")
+    lines += ["", "Peaks used for % of peak:"]
+    for peak in dict.fromkeys(f"{c['device']}: {c['peak']}" for c in result["cases"]):
+        lines.append(f"- {peak}")
+    if result.get("accuracy"):
+        lines += ["", "Time to accuracy, `best` preset, training seconds (evaluations excluded), "
+                  "at the first evaluation that reaches it:", "",
+                  "| device | 97% | 98% | steps run | final test accuracy |",
+                  "|---|---:|---:|---:|---:|"]
+        for a in result["accuracy"]:
+            cells = []
+            for target in ("97%", "98%"):
+                hit = a["reached"].get(target)
+                cells.append("not reached" if hit is None else
+                             f"{hit['seconds']:.2f} s (step {hit['step']})")
+            final = a["final_test_accuracy"]
+            lines.append(f"| {a['device']} | {cells[0]} | {cells[1]} | {a['steps_run']} "
+                         f"| {_number(None if final is None else 100 * final, 2)}% |")
+    machine = result["machine"]
+    lines += ["", f"Machine: {machine['cpu']['model']}, {machine['cpu']['cores']} cores; "
+              + "; ".join(machine.get("gpus", ["no GPU"]))
+              + f"; NumPy {machine['numpy']} ({machine['blas']})"
+              + (f", CuPy {machine['cupy']}" if "cupy" in machine else "")
+              + (f", torch {machine['torch']}" if "torch" in machine else "")
+              + f", Python {machine['python']}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Step time against total hidden units per device (log-log), and the GPU/CPU speedups."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError('--plot needs matplotlib: pip install "mnist-xp[plot]"') from None
+    figure, (times, speedups) = plt.subplots(1, 2, figsize=(11, 4.2))
+    series: dict[str, list[dict[str, Any]]] = {}
+    for c in result["cases"]:
+        tf32 = "" if c["tf32"] is None else (", TF32" if c["tf32"] else ", FP32")
+        tail = ", fused" if c["tail"] != "array-api" else ""
+        series.setdefault(f"{c['device']} {c['dtype']}{tf32}{tail}", []).append(c)
+    for label, cases in series.items():
+        cases = sorted(cases, key=lambda c: sum(c["hidden"]))
+        units = [sum(c["hidden"]) or 1 for c in cases]
+        times.plot(units, [c["step_ms"] for c in cases], marker="o", label=label)
+        if any(c.get("torch_ms") for c in cases):
+            times.plot(units, [c.get("torch_ms") for c in cases], marker="x", linestyle="--",
+                       label=f"{label} (torch)")
+        if cases[0]["device"] != "cpu":
+            speedups.plot(units, [c.get("speedup_vs_cpu") for c in cases], marker="o",
+                          label=label)
+    times.set(xscale="log", yscale="log", xlabel="hidden units",
+              ylabel="ms per full-batch step (60,000 rows)", title="Step time")
+    times.legend(fontsize=7)
+    times.grid(True, which="both", alpha=0.3)
+    speedups.set(xscale="log", yscale="log", xlabel="hidden units",
+                 ylabel="CPU step time / GPU step time", title="GPU speedup over the CPU")
+    if speedups.lines:
+        speedups.legend(fontsize=7)
+    else:
+        speedups.text(0.5, 0.5, "no GPU in this run", ha="center", va="center",
+                      transform=speedups.transAxes)
+    speedups.grid(True, which="both", alpha=0.3)
+    figure.suptitle(result["machine"]["cpu"]["model"] + "; "
+                    + "; ".join(result["machine"].get("gpus", ["no GPU"])), fontsize=9)
+    figure.tight_layout()
+    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=110))
+    plt.close(figure)

@@ -1,0 +1,117 @@
+"""Tails: the element-wise work of a step behind nn.Tail. The Array API tail is the reference;
+CuPy's fused kernels (gpu) and a tail built the fused way from xp calls must match it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from array_api_compat import array_namespace
+
+from mnist_xp import nn
+from mnist_xp.optim import Adam
+
+from conftest import GPU, assert_close, make_backend
+from test_nn import small_problem
+
+
+def _relu_keeping_activation(Z, b):
+    """As the fused kernel does: A = relu(Z + b), and A itself kept as the slope."""
+    xp = array_namespace(Z)
+    Z += b
+    Z *= xp.astype(Z > 0, Z.dtype)
+    return Z, Z
+
+
+def _relu_backward_from_activation(dA, A):
+    dA *= array_namespace(dA).astype(A > 0, dA.dtype)
+    return dA
+
+
+def _adam_update(p, g, m, v, step_size, beta1, beta2, eps_hat, decay):
+    """The fused kernel's arithmetic, in xp calls."""
+    xp = array_namespace(p)
+    grad = g + decay * p
+    m *= beta1
+    m += (1 - beta1) * grad
+    v *= beta2
+    v += (1 - beta2) * grad * grad
+    p -= step_size * m / (xp.sqrt(v) + eps_hat)
+
+
+FUSED_STYLE = nn.Tail("fused-style", _relu_keeping_activation, _relu_backward_from_activation,
+                      nn.softmax_ce_gradient, _adam_update)
+
+
+def _gradients(backend, dtype, tail, chunk_size=None):
+    params, X, Y = small_problem(backend, dtype, sizes=(12, 9, 7, 10), rows=33)
+    _, grads = nn.loss_and_gradients(params, X, Y, "relu", "softmax", "ce", chunk_size,
+                                     with_loss=False, tail=tail)
+    return [backend.to_numpy(g) for g in grads]
+
+
+def _adam_steps(backend, dtype, fused_update, steps=5):
+    params, X, Y = small_problem(backend, dtype, sizes=(12, 9, 10), rows=20)
+    optimizer = Adam(params, lr=0.01, weight_decay=1e-3, fused_update=fused_update)
+    for _ in range(steps):
+        _, grads = nn.loss_and_gradients(params, X, Y, "relu", "softmax", "ce")
+        optimizer.step(params, grads)
+    return [backend.to_numpy(p) for p in params]
+
+
+def test_a_tail_with_other_slopes_gives_the_same_gradients(backend_dtype):
+    backend, dtype = backend_dtype
+    reference = _gradients(backend, dtype, nn.ARRAY_API_TAIL, chunk_size=8)
+    for got, want in zip(_gradients(backend, dtype, FUSED_STYLE, chunk_size=8), reference):
+        assert_close(got, want, dtype)
+
+
+def test_the_fused_adam_arithmetic_equals_adam(backend_dtype):
+    """η·m̂/(√v̂ + ε) rewritten as (η√(1-β₂ᵗ)/(1-β₁ᵗ))·m/(√v + ε√(1-β₂ᵗ)), with L2 decay."""
+    backend, dtype = backend_dtype
+    for got, want in zip(_adam_steps(backend, dtype, _adam_update),
+                         _adam_steps(backend, dtype, None)):
+        assert_close(got, want, dtype, scale=10)
+
+
+@pytest.fixture(params=[pytest.param("float32", marks=GPU), pytest.param("float64", marks=GPU)])
+def cupy_dtype(request):
+    return make_backend("cupy"), request.param
+
+
+def test_cupy_chooses_the_fused_tail(cupy_dtype, monkeypatch):
+    backend, _ = cupy_dtype
+    assert backend.tail.name == "cupy-fused"
+    monkeypatch.setenv("MNIST_XP_FUSED", "0")
+    assert backend.tail is nn.ARRAY_API_TAIL
+
+
+def test_cupy_fused_kernels_equal_the_array_api(cupy_dtype):
+    from mnist_xp.fused import cupy_tail
+
+    backend, dtype = cupy_dtype
+    fused = cupy_tail()
+    rng = np.random.default_rng(4)
+    Z = rng.standard_normal((257, 33)).astype(dtype) * 5
+    b = rng.standard_normal(33).astype(dtype)
+    A, slope = fused.bias_relu(backend.asarray(Z.copy()), backend.asarray(b))
+    want_A, want_slope = nn.bias_relu(Z.copy(), b)
+    assert_close(backend.to_numpy(A), want_A, dtype)
+    dA = rng.standard_normal(Z.shape).astype(dtype)
+    got = fused.relu_backward(backend.asarray(dA.copy()), slope)
+    assert_close(backend.to_numpy(got), dA * want_slope, dtype)
+    logits = (rng.standard_normal((301, 10)) * 30).astype(dtype)
+    Y = np.eye(10, dtype=dtype)[rng.integers(0, 10, 301)]
+    got = fused.softmax_ce_gradient(backend.asarray(logits), backend.asarray(Y), 1000)
+    assert_close(backend.to_numpy(got), nn.softmax_ce_gradient(logits, Y, 1000), dtype)
+
+
+def test_cupy_fused_step_equals_the_array_api_step(cupy_dtype):
+    from mnist_xp.fused import cupy_tail
+
+    backend, dtype = cupy_dtype
+    for got, want in zip(_gradients(backend, dtype, cupy_tail()),
+                         _gradients(backend, dtype, nn.ARRAY_API_TAIL)):
+        assert_close(got, want, dtype)
+    for got, want in zip(_adam_steps(backend, dtype, cupy_tail().adam_update),
+                         _adam_steps(backend, dtype, None)):
+        assert_close(got, want, dtype, scale=10)
