@@ -62,22 +62,26 @@ def cpu_description() -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"model": info.get("model name") or platform.processor() or platform.machine(),
             "cores": cores, "mhz": float(info.get("cpu MHz", 0) or 0),
-            "vendor": info.get("vendor_id", ""),
+            "vendor": info.get("vendor_id", ""), "zen5": "avx512_vp2intersect" in flags
+            and info.get("vendor_id") == "AuthenticAMD",
             "fma": "avx512" if "avx512f" in flags else "avx2" if "fma" in flags else ""}
 
 
 def cpu_peak(dtype: str) -> tuple[float | None, str]:
     """Nominal peak: cores × clock × FMA FLOP per cycle. Two FMA pipes of 256 bits give 32
-    float32 FLOP per cycle; Intel's AVX-512 cores 64; AMD Zen 4 runs AVX-512 on 256-bit pipes."""
+    float32 FLOP per cycle; two of 512 bits 64 (Intel's AVX-512 server cores, AMD Zen 5, told
+    apart from Zen 4, which runs AVX-512 on 256-bit pipes, by its VP2INTERSECT flag)."""
     cpu = cpu_description()
     if not cpu["mhz"] or not cpu["fma"]:
         return None, "unknown (no clock or FMA flags in /proc/cpuinfo)"
-    per_cycle = 64 if cpu["fma"] == "avx512" and cpu["vendor"] == "GenuineIntel" else 32
+    wide = cpu["fma"] == "avx512" and (cpu["vendor"] == "GenuineIntel" or cpu["zen5"])
+    per_cycle = 64 if wide else 32
     if dtype == "float64":
         per_cycle //= 2
     peak = cpu["cores"] * cpu["mhz"] * 1e6 * per_cycle
+    pipes = "2x512" if wide else "2x256"
     return peak, (f"{cpu['cores']} cores × {cpu['mhz'] / 1e3:.2f} GHz × {per_cycle} {dtype} "
-                  f"FLOP/cycle ({cpu['fma'].upper()} FMA) = {peak / 1e9:.0f} GFLOP/s nominal")
+                  f"FLOP/cycle ({pipes}-bit FMA) = {peak / 1e9:.0f} GFLOP/s nominal")
 
 
 def gpu_peak(gpu_name: str, dtype: str, tf32: bool) -> tuple[float | None, str]:
