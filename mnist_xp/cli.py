@@ -6,14 +6,18 @@ Exit status: 0 ok, 1 runtime failure, 2 usage or environment, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import math
 import os
 import platform
 import shlex
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ import numpy as np
 
 from . import __version__
 from .backend import Backend, select_backend
+from .checkpoint import load_checkpoint
 from .config import DTYPES
 from .data import read_kaggle_csv
 from .datasets import DATASETS, load_dataset
@@ -100,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: 2048 on a CPU, one pass on a GPU)")
     run.add_argument("--metrics-out", type=Path, metavar="FILE", help="write metrics as JSON")
     run.add_argument("--save", type=Path, metavar="FILE.npz", help="save weights and config")
+    run.add_argument("--checkpoint", type=Path, metavar="FILE.npz",
+                     help="save weights, optimizer and RNG state and history here during training "
+                          "(atomically) and on Ctrl-C")
+    run.add_argument("--checkpoint-every", type=int, metavar="K",
+                     help="checkpoint every K steps (default: at every evaluation)")
+    run.add_argument("--resume", type=Path, metavar="FILE.npz",
+                     help="continue the run saved in this checkpoint (--steps may extend it)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_train)
 
@@ -110,6 +122,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(check)
     _add_data(check)
     check.set_defaults(func=cmd_evaluate)
+
+    guess = commands.add_parser(
+        "predict", help="say which digit is in your own pictures, .npy arrays or a Kaggle CSV")
+    guess.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE",
+                       help="PNG or JPEG pictures (preprocessed like MNIST), .npy arrays of "
+                            "28x28 digits, or a Kaggle test.csv")
+    guess.add_argument("--model", type=Path, required=True, metavar="FILE.npz")
+    guess.add_argument("--json", action="store_true", help="print JSON for scripts")
+    guess.add_argument("--show-preprocessed", type=Path, metavar="DIR",
+                       help="write the 28x28 images fed to the network here, as PNG")
+    guess.add_argument("--submission", type=Path, metavar="FILE.csv",
+                       help="write Kaggle's ImageId,Label submission for a CSV input here "
+                            "(default: print it)")
+    _add_device(guess)
+    guess.set_defaults(func=cmd_predict)
+
+    pictures = commands.add_parser(
+        "report", help="confusion matrix, training curves, mistakes and weights as pictures")
+    pictures.add_argument("--model", type=Path, required=True, metavar="FILE.npz")
+    pictures.add_argument("--out", type=Path, required=True, metavar="DIR",
+                          help="folder for the PNGs and report.md (created if missing)")
+    _add_device(pictures)
+    _add_data(pictures)
+    pictures.set_defaults(func=cmd_report)
 
     info = commands.add_parser("info", help="library versions and the CUDA devices CuPy sees")
     info.set_defaults(func=cmd_info)
@@ -168,23 +204,60 @@ def _write_json(path: Path, value: Any) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
+@contextlib.contextmanager
+def _stop_on_sigint() -> Iterator[Callable[[], bool]]:
+    """The first Ctrl-C asks training to stop after the current step (it then checkpoints and
+    exits 130); a second one interrupts at once."""
+    requested = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        print("\nstopping after this step (Ctrl-C again to abort at once)", file=sys.stderr)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield requested.is_set
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in (
         "hidden", "activation", "output", "loss", "optimizer", "lr", "momentum", "weight_decay",
         "steps", "epochs", "seed", "dtype")}
-    config = resolve_config(args.preset, overrides)
-    if args.batch_size is not None:
-        config = config.replace(batch_size=None if args.batch_size == "full" else args.batch_size)
+    resume = None
+    if args.resume:
+        resume = load_checkpoint(args.resume)
+        if args.batch_size is not None:
+            overrides["batch_size"] = "changed"  # refused by train() with the others
+        config = resolve_config(resume.config, {k: overrides[k] for k in ("steps", "epochs")})
+        print(f"resuming {args.resume} at step {resume.step}: {config.describe()}")
+    else:
+        config = resolve_config(args.preset, overrides)
+        if args.batch_size is not None:
+            config = config.replace(batch_size=None if args.batch_size == "full"
+                                    else args.batch_size)
+        print(f"preset {args.preset}: {config.describe()}, seed {config.seed}")
     _check_writable(args.save, "--save")
     _check_writable(args.metrics_out, "--metrics-out")
-    print(f"preset {args.preset}: {config.describe()}, seed {config.seed}")
+    _check_writable(args.checkpoint, "--checkpoint")
+    if args.checkpoint_every is not None and args.checkpoint is None:
+        raise UsageError("--checkpoint-every needs --checkpoint FILE.npz")
     backend = _backend(args.device)
     data = load_dataset(args.dataset, args.data_dir, progress=not args.quiet)
     print(f"data: {data.name}, train {data.train_images.shape} test {data.test_images.shape} "
           f"uint8 -> {config.dtype} in [0, 1]")
-    model, history = train(data, backend, config, eval_every=args.eval_every,
-                           log_every=args.log_every, chunk_size=args.chunk_size,
-                           progress=not args.quiet)
+    with _stop_on_sigint() as stop_requested:
+        model, history = train(
+            data, backend, config, eval_every=args.eval_every, log_every=args.log_every,
+            chunk_size=args.chunk_size, progress=not args.quiet, checkpoint=args.checkpoint,
+            checkpoint_every=args.checkpoint_every, resume=resume, should_stop=stop_requested,
+            **({k: v for k, v in overrides.items() if v is not None} if resume else {}))
     last = history.last
     rate = history.steps / history.seconds if history.seconds > 0 else math.inf
     print(f"done: {history.steps} steps in {history.seconds:.1f} s ({rate:.1f} steps/s); "
@@ -230,6 +303,74 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(model, images, labels)
     print(f"accuracy on {source} ({len(labels)} images): {result.accuracy:.2%}")
     print(format_confusion(result.confusion))
+    return 0
+
+
+def _top3(probabilities: np.ndarray) -> list[tuple[int, float]]:
+    order = np.argsort(-probabilities, kind="stable")[:3]
+    return [(int(k), float(probabilities[k])) for k in order]
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .images import read_digits
+
+    csvs = [path for path in args.inputs if path.suffix.lower() == ".csv"]
+    if csvs and len(args.inputs) > 1:
+        raise UsageError("a Kaggle CSV is predicted on its own: pass one .csv and nothing else")
+    if args.submission and not csvs:
+        raise UsageError("--submission is for a Kaggle CSV input")
+    _check_writable(args.submission, "--submission")
+    if args.show_preprocessed is not None:
+        args.show_preprocessed.mkdir(parents=True, exist_ok=True)
+    backend = select_backend(args.device)
+    model = MLP.load(args.model, backend)
+    results = []
+    for path in args.inputs:
+        digits, names = read_digits(path)
+        probabilities = model.predict_proba(digits)
+        if args.show_preprocessed is not None:
+            _write_digit_pictures(args.show_preprocessed, path, digits)
+        for name, p in zip(names, probabilities):
+            results.append({"input": name, "digit": int(np.argmax(p)), "top3": _top3(p)})
+    if csvs:
+        lines = ["ImageId,Label"] + [f"{i},{r['digit']}" for i, r in enumerate(results, 1)]
+        text = "\n".join(lines) + "\n"
+        if args.submission:
+            atomic_write(args.submission, lambda handle: handle.write(text.encode()))
+            print(f"wrote {len(results)} predictions to {args.submission}", file=sys.stderr)
+        elif not args.json:
+            sys.stdout.write(text)
+    if args.json:
+        print(json.dumps([{"input": r["input"], "digit": r["digit"],
+                           "top3": [{"digit": k, "probability": p} for k, p in r["top3"]]}
+                          for r in results], indent=2))
+    elif not csvs:
+        for r in results:
+            top = ", ".join(f"{k}: {p:.1%}" for k, p in r["top3"])
+            print(f"{r['input']}: {r['digit']}  ({top})")
+    return 0
+
+
+def _write_digit_pictures(folder: Path, source: Path, digits: np.ndarray) -> None:
+    from PIL import Image
+
+    for index, digit in enumerate(digits):
+        name = source.stem if len(digits) == 1 else f"{source.stem}-{index}"
+        picture = Image.fromarray(digit.reshape(28, 28))
+        atomic_write(folder / f"{name}.png", lambda handle, p=picture: p.save(handle, "PNG"))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .model import read_npz
+    from .report import _pyplot, write_report
+
+    _pyplot()  # the plot extra's absence is a usage error, before any work
+    backend = select_backend(args.device)
+    model = MLP.load(args.model, backend)
+    records = read_npz(args.model)[0].get("history") or []
+    data = load_dataset(args.dataset, args.data_dir)
+    for path in write_report(model, records, data, args.out, args.model):
+        print(f"wrote {path}")
     return 0
 
 

@@ -35,3 +35,9 @@ class DivergenceError(MnistXpError):
 
 class DeviceMemoryError(MnistXpError):
     """The device ran out of memory; the message gives the estimate and the flag to use (exit 1)."""
+
+
+class Interrupted(MnistXpError):
+    """Training was stopped by Ctrl-C (SIGINT); the message says where the checkpoint is (130)."""
+
+    exit_code = 130

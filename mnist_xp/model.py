@@ -79,12 +79,14 @@ class MLP:
     def host_params(self) -> list[np.ndarray]:
         return [self.backend.to_numpy(p) for p in self.params]
 
-    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> None:
-        """Write weights and config to an .npz atomically (temp file, then os.replace)."""
-        arrays = {f"param{i}": p for i, p in enumerate(self.host_params())}
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None,
+             arrays: dict[str, np.ndarray] | None = None) -> None:
+        """Write weights and config to an .npz atomically (temp file, then os.replace); `extra`
+        goes into the JSON metadata, `arrays` beside the parameters (checkpoints use both)."""
+        named = {f"param{i}": p for i, p in enumerate(self.host_params())}
         meta = {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), **(extra or {})}
-        atomic_write(Path(path), lambda handle: np.savez(handle, meta=np.array(json.dumps(meta)),
-                                                          **arrays))
+        atomic_write(Path(path), lambda handle: np.savez(
+            handle, meta=np.array(json.dumps(meta)), **named, **(arrays or {})))
 
     @classmethod
     def load(cls, path: str | Path, backend: Backend) -> MLP:
@@ -93,15 +95,30 @@ class MLP:
         return cls(config, [backend.asarray(p) for p in host], backend)
 
 
-def read_model_file(path: Path) -> tuple[Config, list[np.ndarray]]:
+def read_npz(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The JSON metadata and the arrays of an mnist-xp .npz, refusing pickled content."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(str(archive["meta"]))
-            params = [archive[f"param{i}"] for i in range(len(archive.files) - 1)]
+            arrays = {name: archive[name] for name in archive.files if name != "meta"}
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError, KeyError, EOFError) as exc:
-        raise DataError(f"{path}: not an mnist-xp model file ({exc})") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a model file") from None
+    except Exception as exc:  # zipfile, pickle refusals, bad JSON: anything unreadable
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: not an mnist-xp model file ({reason})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: not an mnist-xp model file (metadata is not an object)")
+    return meta, arrays
+
+
+def read_model_file(path: Path) -> tuple[Config, list[np.ndarray]]:
+    meta, arrays = read_npz(path)
+    count = sum(name.startswith("param") for name in arrays)
+    params = [arrays.get(f"param{i}") for i in range(count)]
+    if any(p is None for p in params):
+        raise DataError(f"{path}: parameters are not numbered param0..param{count - 1}")
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: model format version {meta.get('format_version')!r} is not "
                         f"{FORMAT_VERSION}")

@@ -28,6 +28,8 @@ def _zeros_like_each(params: list[Array]) -> list[Array]:
 class SGD:
     """θ ← θ - η·g"""
 
+    STATE: tuple[str, ...] = ()  # names of the per-parameter state lists (for checkpoints)
+
     def __init__(self, params: list[Array], lr: float, weight_decay: float = 0.0) -> None:
         self.lr, self.weight_decay = lr, weight_decay
         self.t = 0
@@ -40,6 +42,8 @@ class SGD:
 
 class Momentum:
     """v ← μ·v + g;  θ ← θ - η·v  (heavy-ball momentum)"""
+
+    STATE = ("velocity",)
 
     def __init__(self, params: list[Array], lr: float, momentum: float = 0.9,
                  weight_decay: float = 0.0) -> None:
@@ -65,6 +69,8 @@ class Adam:
     parameter's whole update in one kernel (mnist_xp.fused); decay is the L2 λ for weight
     matrices, 0 for biases. The default is the Array API update below.
     """
+
+    STATE = ("m", "v")
 
     def __init__(self, params: list[Array], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

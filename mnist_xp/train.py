@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,9 +20,10 @@ from tqdm import tqdm
 
 from . import nn
 from .backend import Backend, select_backend
+from .checkpoint import Checkpoint, save_checkpoint
 from .config import Config
 from .data import CLASSES, Dataset
-from .errors import DeviceMemoryError, DivergenceError, UsageError
+from .errors import DeviceMemoryError, DivergenceError, Interrupted, UsageError
 from .model import MLP, scale_images
 from .optim import make_optimizer
 from .presets import get_preset
@@ -67,18 +69,39 @@ def resolve_config(preset: str | Config, overrides: dict[str, Any]) -> Config:
     return base.replace(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _batches(split: DeviceSplit, config: Config, backend: Backend,
-             rng: np.random.Generator) -> Iterator[DeviceSplit]:
-    """Endless (X, y, Y) batches: the whole split each step, or shuffled mini-batches."""
-    if config.batch_size is None:
-        while True:
-            yield split
-    xp, n = backend.xp, split.X.shape[0]
-    while True:
-        order = backend.asarray(rng.permutation(n))  # one host→device copy per epoch
-        for start in range(0, n, config.batch_size):
-            rows = order[start:min(start + config.batch_size, n)]
-            yield DeviceSplit(*(xp.take(a, rows, axis=0) for a in split))
+class Batches:
+    """Endless batches: the whole split each step, or shuffled mini-batches, one permutation
+    per epoch from default_rng([seed, 1]). state() is the RNG's state at the start of the
+    current epoch and the position in it, which is all a checkpoint needs to continue."""
+
+    def __init__(self, split: DeviceSplit, config: Config, backend: Backend,
+                 state: dict[str, Any] | None = None) -> None:
+        self.split, self.backend, self.size = split, backend, config.batch_size
+        self.rng = np.random.default_rng([config.seed, 1])
+        self.position, self.order = 0, None
+        if state and self.size is not None:
+            self.rng.bit_generator.state = state["rng"]
+            self.position = int(state["position"])
+        self.epoch_state = self.rng.bit_generator.state
+        if self.position > 0:  # the epoch's permutation, drawn again from its starting state
+            self.order = backend.asarray(self.rng.permutation(split.X.shape[0]))
+
+    def state(self) -> dict[str, Any]:
+        return {"rng": self.epoch_state, "position": self.position}
+
+    def __next__(self) -> DeviceSplit:
+        if self.size is None:
+            return self.split
+        n = self.split.X.shape[0]
+        if self.position >= n:
+            self.position, self.order = 0, None
+            self.epoch_state = self.rng.bit_generator.state
+        if self.order is None:  # one host→device copy per epoch
+            self.order = self.backend.asarray(self.rng.permutation(n))
+        rows = self.order[self.position:min(self.position + self.size, n)]
+        self.position += self.size
+        xp = self.backend.xp
+        return DeviceSplit(*(xp.take(a, rows, axis=0) for a in self.split))
 
 
 def _device_accuracy(model: MLP, split: DeviceSplit, chunk_size: int | None) -> float:
@@ -126,6 +149,8 @@ def _finite_loss(loss: Any, step: int, lr: float) -> float:
 def train(data: Dataset, backend: Backend | None = None, preset: str | Config = "best", *,
           eval_every: int | None = None, log_every: int = 10, chunk_size: int | None = None,
           progress: bool = False, stop_at_accuracy: float | None = None,
+          checkpoint: Path | None = None, checkpoint_every: int | None = None,
+          resume: Checkpoint | None = None, should_stop: Callable[[], bool] | None = None,
           **overrides: Any) -> tuple[MLP, History]:
     """Train a network on data.train_*, evaluating on data.test_* every `eval_every` steps.
 
@@ -135,7 +160,18 @@ def train(data: Dataset, backend: Backend | None = None, preset: str | Config = 
     `stop_at_accuracy` ends the run at the first evaluation whose test accuracy reaches it.
     Each history record has `seconds` (wall time so far) and `train_seconds` (the same
     without the evaluations). Returns the trained model and its history.
+
+    `checkpoint` is written every `checkpoint_every` steps and at the end; `resume` (from
+    load_checkpoint) continues a run: its config (with overrides: steps, epochs) and state.
+    `should_stop()` is asked after every step: when true, the checkpoint (if any) is written
+    and Interrupted raised, so a Ctrl-C never leaves a half-applied update behind.
     """
+    if resume is not None:
+        changed = set(k for k, v in overrides.items() if v is not None) - {"steps", "epochs"}
+        if changed:
+            raise UsageError(f"--resume takes the configuration from the checkpoint; only "
+                             f"--steps and --epochs may change, not {', '.join(sorted(changed))}")
+        preset = resume.config
     config = resolve_config(preset, overrides)
     backend = backend or select_backend("auto")
     total = config.total_steps(len(data.train_labels))
@@ -143,33 +179,65 @@ def train(data: Dataset, backend: Backend | None = None, preset: str | Config = 
     chunk_size = chunk_size or backend.default_chunk_rows
     if eval_every < 1 or log_every < 1 or (chunk_size is not None and chunk_size < 1):
         raise UsageError("--eval-every, --log-every and --chunk-size must be at least 1")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise UsageError("--checkpoint-every must be at least 1")
+    if resume is not None and resume.step >= total:
+        raise UsageError(f"the checkpoint is already at step {resume.step} of {total}: pass "
+                         f"--steps above {resume.step} to train further")
+    saving = Saving(checkpoint, checkpoint_every or eval_every, resume, should_stop)
     try:
         return _train(data, backend, config, eval_every, log_every, chunk_size, progress,
-                      stop_at_accuracy)
+                      stop_at_accuracy, saving)
     except backend.out_of_memory_errors:
         rows = chunk_size or config.batch_size or len(data.train_labels)
         raise _out_of_memory(config, data, rows) from None
 
 
+class Saving(NamedTuple):
+    """Where and when to checkpoint, what to resume from, and the stop request."""
+
+    path: Path | None
+    every: int
+    resume: Checkpoint | None
+    should_stop: Callable[[], bool] | None
+
+
 def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log_every: int,
-           chunk_size: int | None, progress: bool, stop_at_accuracy: float | None
-           ) -> tuple[MLP, History]:
+           chunk_size: int | None, progress: bool, stop_at_accuracy: float | None,
+           saving: Saving) -> tuple[MLP, History]:
     total = config.total_steps(len(data.train_labels))
     history = History()
+    resume = saving.resume
     # Divergence is caught from the loss below, so NumPy's overflow warnings would only be noise.
     with backend.activate(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         train_split = to_device(backend, data.train_images, data.train_labels, config.dtype)
         test_split = to_device(backend, data.test_images, data.test_labels, config.dtype)
-        model = MLP.initialise(config, backend)
+        model = (MLP.initialise(config, backend) if resume is None else
+                 MLP(config, [backend.asarray(p) for p in resume.params], backend))
         tail = backend.tail
         optimizer = make_optimizer(config.optimizer, model.params, config.lr,
                                    config.weight_decay, config.momentum, tail.adam_update)
-        batches = _batches(train_split, config, backend, np.random.default_rng([config.seed, 1]))
+        first = 1
+        if resume is not None:
+            for name, arrays in resume.optimizer_state.items():
+                setattr(optimizer, name, [backend.asarray(a) for a in arrays])
+            optimizer.t, first = resume.optimizer_t, resume.step + 1
+            history.records, history.final_loss = list(resume.records), resume.final_loss
+        batches = Batches(train_split, config, backend, resume.batches if resume else None)
+
+        def save(step: int) -> None:
+            if saving.path is not None:
+                save_checkpoint(saving.path, model, optimizer, step, batches.state(),
+                                history.records, history.final_loss)
+
         backend.synchronize()
-        start = time.perf_counter()
-        evaluation_seconds = 0.0
-        with tqdm(total=total, unit="step", disable=not progress, dynamic_ncols=True) as bar:
-            for step in range(1, total + 1):
+        already = history.last.get("seconds", 0.0)
+        start = time.perf_counter() - already
+        evaluation_seconds = already - history.last.get("train_seconds", 0.0)
+        history.steps = first - 1
+        with tqdm(total=total, initial=first - 1, unit="step", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for step in range(first, total + 1):
                 batch = next(batches)
                 evaluating = step % eval_every == 0 or step == total
                 logging = evaluating or step % log_every == 0  # the loss is read back
@@ -196,8 +264,15 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
                                     test=f"{history.last['test_accuracy']:.2%}", refresh=False)
                 bar.update(1)
                 history.steps = step
+                if step % saving.every == 0 or step == total:
+                    save(step)
+                if saving.should_stop is not None and saving.should_stop():
+                    save(step)
+                    where = f": checkpoint saved to {saving.path}" if saving.path else ""
+                    raise Interrupted(f"interrupted after step {step} of {total}{where}")
                 if (evaluating and stop_at_accuracy is not None
                         and record["test_accuracy"] >= stop_at_accuracy):
+                    save(step)
                     break
         backend.synchronize()
         history.seconds = time.perf_counter() - start

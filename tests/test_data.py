@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import warnings
@@ -275,3 +276,74 @@ def test_unwritable_cache_is_a_clear_download_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MNIST_XP_DATA_DIR", str(blocked / "mnist"))
     with pytest.raises(DownloadError, match="cannot download train-images-idx3-ubyte.gz into"):
         load_dataset("mnist")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000))
+def test_random_bytes_through_gzip_give_data_errors_only(raw):
+    from mnist_xp.data import decompress
+
+    for payload in (raw, gzip.compress(raw)[: max(1, len(raw))]):
+        with contextlib.suppress(DataError):
+            parse_idx_images(decompress(payload, "fuzz"), "fuzz")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000) | st.text(max_size=3000).map(str.encode))
+def test_random_csv_bytes_give_data_errors_only(tmp_path_factory, raw):
+    from mnist_xp.data import read_kaggle_csv
+
+    path = tmp_path_factory.mktemp("csv") / "fuzz.csv"
+    for payload in (raw, b"label," + b",".join(b"pixel%d" % i for i in range(784)) + b"\n" + raw):
+        path.write_bytes(payload)
+        try:
+            images, labels = read_kaggle_csv(path)
+        except DataError:
+            continue
+        assert images.dtype == np.uint8 and images.shape[1:] == (784,)
+
+
+def test_a_billion_image_header_is_refused_before_any_allocation():
+    import tracemalloc
+
+    payload = idx_images_bytes(IMAGES)
+    claim = payload[:4] + (10**9).to_bytes(4, "big") + payload[8:]
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match="fuzz"):
+            parse_idx_images(claim, "fuzz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000  # 10^9 images would be 784 GB
+
+
+def test_a_download_cut_halfway_leaves_nothing_behind(mirrors, monkeypatch):
+    """The connection drops (or Ctrl-C arrives) mid-transfer: no file, no temp file."""
+    _, cache, _ = mirrors
+    import urllib.request
+
+    real_urlopen = urllib.request.urlopen
+
+    class HalfThenFail:
+        def __init__(self, url, timeout=None):
+            self.inner = real_urlopen(url, timeout=timeout)
+            self.headers = self.inner.headers
+            self.sent = 0
+
+        def read(self, size=-1):
+            if self.sent:
+                raise KeyboardInterrupt
+            self.sent += 1
+            return self.inner.read(64)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.inner.close()
+
+    monkeypatch.setattr(urllib.request, "urlopen", HalfThenFail)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset("tiny")
+    assert not cache.exists() or not any(cache.iterdir())

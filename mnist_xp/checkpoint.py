@@ -1,0 +1,72 @@
+"""Checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint is a model file (evaluate, predict and report read it as one) with more inside:
+the optimizer's state arrays (Adam's m and v, momentum's velocity) and step count t, the
+shuffling RNG's state and position for mini-batches, the steps done and the history so far.
+It is written atomically, so a crash or Ctrl-C during the write leaves the previous one whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import Config
+from .errors import DataError
+from .model import MLP, read_model_file, read_npz
+
+
+@dataclass
+class Checkpoint:
+    """A run's state after `step` optimizer steps, on the host."""
+
+    config: Config
+    params: list[np.ndarray]
+    step: int
+    optimizer_t: int
+    optimizer_state: dict[str, list[np.ndarray]]
+    batches: dict[str, Any] = field(default_factory=dict)
+    records: list[dict[str, float]] = field(default_factory=list)
+    final_loss: float = float("nan")
+
+
+def save_checkpoint(path: Path, model: MLP, optimizer: Any, step: int,
+                    batches: dict[str, Any], records: list[dict[str, float]],
+                    final_loss: float) -> None:
+    arrays = {f"{name}{i}": model.backend.to_numpy(a)
+              for name in optimizer.STATE for i, a in enumerate(getattr(optimizer, name))}
+    extra = {"kind": "checkpoint", "step": step, "optimizer_t": optimizer.t,
+             "batches": batches, "history": records, "final_loss": final_loss}
+    model.save(path, extra=extra, arrays=arrays)
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read and check a checkpoint: the model checks (version, shapes, dtypes, no pickle),
+    then the optimizer state's names, shapes and dtypes and the bookkeeping fields."""
+    config, params = read_model_file(path)
+    meta, arrays = read_npz(path)
+    if meta.get("kind") != "checkpoint":
+        raise DataError(f"{path}: a saved model, not a checkpoint (no optimizer state to "
+                        f"resume from); train with --checkpoint FILE to write one")
+    from .optim import OPTIMIZERS
+
+    state = {}
+    for name in OPTIMIZERS[config.optimizer].STATE:
+        found = [arrays.get(f"{name}{i}") for i in range(len(params))]
+        if any(a is None or a.shape != p.shape or a.dtype != p.dtype
+               for a, p in zip(found, params)):
+            raise DataError(f"{path}: the {config.optimizer} state '{name}' is missing or does "
+                            f"not match the parameters' shapes and dtype")
+        state[name] = found
+    try:
+        step, t = int(meta["step"]), int(meta["optimizer_t"])
+        batches, records = dict(meta["batches"]), list(meta["history"])
+        final_loss = float(meta["final_loss"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: bad checkpoint bookkeeping ({exc})") from None
+    if step < 0 or t < 0:
+        raise DataError(f"{path}: bad checkpoint step {step}")
+    return Checkpoint(config, params, step, t, state, batches, records, final_loss)

@@ -1,0 +1,141 @@
+"""Checkpoints and resume: the same weights as a run straight through, on every backend;
+Ctrl-C saves and exits 130; bad checkpoint files give one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+from mnist_xp import Config, train
+from mnist_xp.backend import numpy_backend
+from mnist_xp.checkpoint import load_checkpoint
+from mnist_xp.errors import DataError, Interrupted, UsageError
+
+from conftest import assert_close
+
+CASES = {
+    "full-batch adam": Config(hidden=(16,), optimizer="adam", lr=3e-3, weight_decay=1e-4),
+    "mini-batch momentum": Config(hidden=(16,), optimizer="momentum", lr=0.05, batch_size=70),
+    "mini-batch sgd": Config(hidden=(8, 8), optimizer="sgd", lr=0.1, batch_size=64),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_resume_in_the_middle_equals_straight_through(backend_dtype, tiny_data, tmp_path, case):
+    backend, dtype = backend_dtype
+    config = CASES[case].replace(dtype=dtype, steps=14)
+    straight, history = train(tiny_data, backend, config, eval_every=7)
+    path = tmp_path / "half.npz"
+    train(tiny_data, backend, config.replace(steps=7), eval_every=7, checkpoint=path)
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.step == 7 and checkpoint.optimizer_t == 7
+    resumed, resumed_history = train(tiny_data, backend, config, eval_every=7,
+                                     resume=checkpoint, steps=14)
+    for got, want in zip(resumed.host_params(), straight.host_params()):
+        assert_close(got, want, dtype, scale=10)
+    assert [r["step"] for r in resumed_history.records] == [7, 14]
+    assert resumed_history.steps == 14
+    assert_close(resumed_history.final_loss, history.final_loss, dtype)
+
+
+def test_checkpoint_every_k_steps_and_stop_request(tiny_data, tmp_path):
+    path = tmp_path / "run.npz"
+    calls = []
+
+    def stop_after_five() -> bool:
+        calls.append(1)
+        return len(calls) == 5
+    with pytest.raises(Interrupted, match=f"after step 5 of 50: checkpoint saved to {path}"):
+        train(tiny_data, numpy_backend(), "relu10", steps=50, checkpoint=path,
+              checkpoint_every=3, should_stop=stop_after_five)
+    assert Interrupted.exit_code == 130
+    assert load_checkpoint(path).step == 5  # the stop wrote one after step 5, not step 3's
+
+
+def test_resume_refuses_config_changes_and_finished_runs(tiny_data, tmp_path):
+    path = tmp_path / "run.npz"
+    train(tiny_data, numpy_backend(), "relu10", steps=4, checkpoint=path)
+    checkpoint = load_checkpoint(path)
+    with pytest.raises(UsageError, match="only --steps and --epochs may change, not lr"):
+        train(tiny_data, numpy_backend(), resume=checkpoint, steps=8, lr=0.1)
+    with pytest.raises(UsageError, match="already at step 4 of 4"):
+        train(tiny_data, numpy_backend(), resume=checkpoint)
+
+
+def _rewrite(path, target, change):
+    with np.load(path, allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    change(arrays)
+    np.savez(target, **arrays)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda a: a.pop("m0"), "state 'm' is missing"),
+    (lambda a: a.__setitem__("v1", a["v1"][:3]), "state 'v' is missing or does not match"),
+    (lambda a: a.__setitem__("param0", a["param0"].astype(np.float64)), "not all float32"),
+    (lambda a: a.__setitem__("param2", a["param2"].T), "shapes"),
+    (lambda a: a.__setitem__("meta", np.array(json.dumps(
+        {**json.loads(str(a["meta"])), "format_version": 99}))), "format version 99"),
+    (lambda a: a.__setitem__("meta", np.array(json.dumps(
+        {k: v for k, v in json.loads(str(a["meta"])).items() if k != "step"}))), "bookkeeping"),
+    (lambda a: a.__setitem__("meta", np.array(json.dumps(
+        {**json.loads(str(a["meta"])), "kind": "model"}))), "not a checkpoint"),
+])
+def test_bad_checkpoints_are_named_and_explained(tiny_data, tmp_path, damage, message):
+    path = tmp_path / "run.npz"
+    train(tiny_data, numpy_backend(), Config(hidden=(8,), optimizer="adam", steps=2),
+          checkpoint=path)
+    bad = tmp_path / "bad.npz"
+    _rewrite(path, bad, damage)
+    with pytest.raises(DataError, match=message) as caught:
+        load_checkpoint(bad)
+    assert str(caught.value).startswith(str(bad)) and "\n" not in str(caught.value)
+
+
+def test_pickled_and_garbage_files_are_refused(tmp_path):
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, meta=np.array([{"format_version": 1}], dtype=object))
+    with pytest.raises(DataError, match="pickled.npz: not an mnist-xp model file"):
+        load_checkpoint(pickled)
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(DataError, match="garbage.npz: not an mnist-xp model file"):
+        load_checkpoint(garbage)
+    with zipfile.ZipFile(tmp_path / "empty.npz", "w"):
+        pass
+    with pytest.raises(DataError, match="empty.npz: not an mnist-xp model file"):
+        load_checkpoint(tmp_path / "empty.npz")
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_dir, tmp_path):
+    path = tmp_path / "run.npz"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mnist_xp", "train", "--preset", "relu10", "--steps", "1000000",
+         "--device", "cpu", "--data-dir", str(tiny_dir), "--quiet", "--checkpoint", str(path),
+         "--checkpoint-every", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while not path.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert path.exists(), process.communicate()[1]
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert f"checkpoint saved to {path}" in err and "Traceback" not in err
+    step = load_checkpoint(path).step
+    assert step >= 1
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mnist_xp", "train", "--resume", str(path), "--steps",
+         str(step + 3), "--device", "cpu", "--data-dir", str(tiny_dir), "--quiet"],
+        capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {path} at step {step}" in resumed.stdout
