@@ -175,8 +175,8 @@ def train(data: Dataset, backend: Backend | None = None, preset: str | Config = 
     config = resolve_config(preset, overrides)
     backend = backend or select_backend("auto")
     total = config.total_steps(len(data.train_labels))
-    eval_every = eval_every or max(1, total // 10)
-    chunk_size = chunk_size or backend.default_chunk_rows
+    eval_every = max(1, total // 10) if eval_every is None else eval_every
+    chunk_size = backend.default_chunk_rows if chunk_size is None else chunk_size
     if eval_every < 1 or log_every < 1 or (chunk_size is not None and chunk_size < 1):
         raise UsageError("--eval-every, --log-every and --chunk-size must be at least 1")
     if checkpoint_every is not None and checkpoint_every < 1:

@@ -104,6 +104,9 @@ def test_evaluate_kaggle_csv(tiny_dir, tiny_data, tmp_path, capsys):
     (["--steps", "0"], "steps must be at least 1"),
     (["--batch-size", "1000"], "batch size 1000 is larger than the 240 training images"),
     (["--save", "/nonexistent-dir/m.npz"], "folder /nonexistent-dir does not exist"),
+    (["--checkpoint", "/nonexistent-dir/c.npz"], "--checkpoint /nonexistent-dir/c.npz: folder"),
+    (["--checkpoint-every", "5"], "--checkpoint-every needs --checkpoint FILE.npz"),
+    (["--eval-every", "0"], "must be at least 1"),
     (["--device", "tpu"], "unknown device 'tpu'"),
 ])
 def test_bad_flags_exit_2_before_training(tiny_dir, capsys, flags, message):

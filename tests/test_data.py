@@ -347,3 +347,17 @@ def test_a_download_cut_halfway_leaves_nothing_behind(mirrors, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         load_dataset("tiny")
     assert not cache.exists() or not any(cache.iterdir())
+
+
+@pytest.mark.parametrize("stem", SPLIT_FILES)
+def test_one_flipped_byte_in_the_cache_is_detected_and_refetched(mirrors, stem):
+    data, cache, _ = mirrors
+    load_dataset("tiny")
+    path = cache / f"{stem}.gz"
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0x01
+    path.write_bytes(bytes(damaged))
+    with pytest.warns(UserWarning, match=f"{stem}.gz.*downloading it again"):
+        loaded = load_dataset("tiny")
+    np.testing.assert_array_equal(loaded.test_images, data.test_images)
+    np.testing.assert_array_equal(loaded.train_labels, data.train_labels)
