@@ -23,6 +23,7 @@ from . import nn
 from .backend import Backend
 from .config import Config
 from .data import CLASSES, PIXELS, Dataset
+from .errors import BackendError
 from .model import MLP
 from .optim import make_optimizer
 from .train import to_device, train
@@ -153,8 +154,16 @@ def tf32_mode(backend: Backend, enabled: bool) -> Iterator[None]:
     if not backend.is_cupy:
         yield
         return
-    from cupy._core import _routines_linalg as linalg
+    try:  # CuPy's switch behind CUPY_TF32; private, so checked
+        from cupy._core import _routines_linalg as linalg
 
+        linalg.get_compute_type, linalg.set_compute_type, linalg.COMPUTE_TYPE_TF32  # noqa: B018
+    except (ImportError, AttributeError):
+        if enabled:
+            raise BackendError("this CuPy has no TF32 switch (cupy._core._routines_linalg."
+                               "set_compute_type): run with --tf32 off") from None
+        yield
+        return
     before = linalg.get_compute_type(np.float32)
     linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled
                             else linalg.COMPUTE_TYPE_DEFAULT)

@@ -50,6 +50,18 @@ def test_drawings_become_mnist_style_digits(digit):
     assert np.allclose(centre, 13.5, atol=0.75)  # centre of mass at the centre
 
 
+def test_jpeg_and_png_read_the_same_digit(tmp_path):
+    from mnist_xp.images import read_digits
+
+    picture = Image.fromarray(drawing("7")).convert("RGB")
+    picture.save(tmp_path / "seven.jpg", quality=90)
+    picture.save(tmp_path / "seven.png")
+    jpeg, _ = read_digits(tmp_path / "seven.jpg")
+    png, names = read_digits(tmp_path / "seven.png")
+    assert jpeg.shape == png.shape == (1, 784) and names == [str(tmp_path / "seven.png")]
+    assert np.abs(jpeg.astype(int) - png.astype(int)).mean() < 8  # JPEG noise, same digit
+
+
 def test_blank_and_unreadable_pictures_are_one_line_errors(tmp_path, capsys, tiny_dir):
     model = tmp_path / "m.npz"
     train_and_save(tiny_dir, model)
