@@ -200,7 +200,7 @@ def measure_case(backend: Backend, hidden: tuple[int, ...], dtype: str = "float3
     between log points in training) and, interleaved with it so both see the same machine load,
     the median of the step's two big products X·W1 and Xᵀ·dZ1 alone."""
     tail = tail or backend.tail
-    chunk_size = chunk_size or backend.default_chunk_rows
+    chunk_size = backend.default_chunk_rows if chunk_size is None else chunk_size
     images, labels = _synthetic(rows, seed)
     config = Config(hidden=hidden, activation="relu", loss="ce", optimizer="adam", dtype=dtype)
     _pool_bytes(backend, reset=True)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
-from .files import atomic_write
+from .plotting import pyplot, save_png
 
 
 def hidden_label(hidden: list[int]) -> str:
@@ -75,13 +74,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def plot(result: dict[str, Any], path: Path) -> None:
     """Step time against total hidden units per device (log-log), and the GPU/CPU speedups."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError('--plot needs matplotlib: pip install "mnist-xp[plot]"') from None
+    plt = pyplot()
     figure, (times, speedups) = plt.subplots(1, 2, figsize=(11, 4.2))
     series: dict[str, list[dict[str, Any]]] = {}
     for c in result["cases"]:
@@ -113,5 +106,4 @@ def plot(result: dict[str, Any], path: Path) -> None:
     figure.suptitle(result["machine"]["cpu"]["model"] + "; "
                     + "; ".join(result["machine"].get("gpus", ["no GPU"])), fontsize=9)
     figure.tight_layout()
-    atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=110))
-    plt.close(figure)
+    save_png(figure, path, dpi=110)

@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import Config
 from .errors import DataError
-from .model import MLP, read_model_file, read_npz
+from .model import MLP, read_model_file
 
 
 @dataclass
@@ -46,8 +46,7 @@ def save_checkpoint(path: Path, model: MLP, optimizer: Any, step: int,
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read and check a checkpoint: the model checks (version, shapes, dtypes, no pickle),
     then the optimizer state's names, shapes and dtypes and the bookkeeping fields."""
-    config, params = read_model_file(path)
-    meta, arrays = read_npz(path)
+    config, params, meta, arrays = read_model_file(path)
     if meta.get("kind") != "checkpoint":
         raise DataError(f"{path}: a saved model, not a checkpoint (no optimizer state to "
                         f"resume from); train with --checkpoint FILE to write one")

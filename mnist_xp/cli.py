@@ -31,9 +31,10 @@ from .data import read_kaggle_csv
 from .datasets import DATASETS, load_dataset
 from .errors import MnistXpError, UsageError
 from .files import atomic_write
-from .model import MLP
+from .model import MLP, read_model_file
 from .nn import HIDDEN_ACTIVATIONS, LOSSES, OUTPUTS
 from .optim import OPTIMIZERS
+from .plotting import pyplot
 from .presets import PRESETS
 from .train import evaluate, resolve_config, train
 
@@ -233,8 +234,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume = None
     if args.resume:
         resume = load_checkpoint(args.resume)
-        if args.batch_size is not None:
-            overrides["batch_size"] = "changed"  # refused by train() with the others
+        overrides["batch_size"] = args.batch_size  # train() refuses config flags but steps
         config = resolve_config(resume.config, {k: overrides[k] for k in ("steps", "epochs")})
         print(f"resuming {args.resume} at step {resume.step}: {config.describe()}")
     else:
@@ -361,13 +361,12 @@ def _write_digit_pictures(folder: Path, source: Path, digits: np.ndarray) -> Non
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .model import read_npz
-    from .report import _pyplot, write_report
+    from .report import write_report
 
-    _pyplot()  # the plot extra's absence is a usage error, before any work
-    backend = select_backend(args.device)
-    model = MLP.load(args.model, backend)
-    records = read_npz(args.model)[0].get("history") or []
+    pyplot()  # a missing plot extra is a usage error, before any work
+    saved = read_model_file(args.model)
+    model = MLP.from_host(saved.config, saved.params, select_backend(args.device))
+    records = saved.meta.get("history") or []
     data = load_dataset(args.dataset, args.data_dir)
     for path in write_report(model, records, data, args.out, args.model):
         print(f"wrote {path}")
@@ -438,10 +437,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        ("--plot", args.plot)):
         _check_writable(path, flag)
     if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise UsageError('--plot needs matplotlib: pip install "mnist-xp[plot]"') from None
+        pyplot()  # a missing plot extra is a usage error before the timings, not after
     backends = _bench_backends(args.device)
     data = None
     if not args.no_accuracy:

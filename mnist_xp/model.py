@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -54,8 +54,7 @@ class MLP:
 
     @classmethod
     def initialise(cls, config: Config, backend: Backend, seed: int | None = None) -> MLP:
-        params = [backend.asarray(p) for p in init_params(config, seed)]
-        return cls(config, params, backend)
+        return cls.from_host(config, init_params(config, seed), backend)
 
     def logits(self, X: Any) -> Any:
         """Z_L for device inputs X already scaled to [0, 1]."""
@@ -89,10 +88,15 @@ class MLP:
             handle, meta=np.array(json.dumps(meta)), **named, **(arrays or {})))
 
     @classmethod
+    def from_host(cls, config: Config, host_params: list[np.ndarray], backend: Backend) -> MLP:
+        """A model on `backend` from host (NumPy) parameters."""
+        return cls(config, [backend.asarray(p) for p in host_params], backend)
+
+    @classmethod
     def load(cls, path: str | Path, backend: Backend) -> MLP:
         """Read a model written by save(); refuses pickles, other versions and wrong shapes."""
-        config, host = read_model_file(Path(path))
-        return cls(config, [backend.asarray(p) for p in host], backend)
+        saved = read_model_file(Path(path))
+        return cls.from_host(saved.config, saved.params, backend)
 
 
 def read_npz(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -113,7 +117,17 @@ def read_npz(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return meta, arrays
 
 
-def read_model_file(path: Path) -> tuple[Config, list[np.ndarray]]:
+class ModelFile(NamedTuple):
+    """A checked model file: its config and parameters, and all its metadata and arrays."""
+
+    config: Config
+    params: list[np.ndarray]
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+
+def read_model_file(path: Path) -> ModelFile:
+    """Read and check a model (or checkpoint) file: version, config, parameter shapes, dtypes."""
     meta, arrays = read_npz(path)
     count = sum(name.startswith("param") for name in arrays)
     params = [arrays.get(f"param{i}") for i in range(count)]
@@ -133,6 +147,6 @@ def read_model_file(path: Path) -> tuple[Config, list[np.ndarray]]:
         raise DataError(f"{path}: parameter shapes {found} do not match {config.describe()}")
     if any(p.dtype != np.dtype(config.dtype) for p in params):
         raise DataError(f"{path}: parameters are not all {config.dtype}")
-    return config, params
+    return ModelFile(config, params, meta, arrays)
 
 

@@ -4,38 +4,19 @@ class's precision and recall."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .data import CLASSES, Dataset
-from .errors import UsageError
 from .files import atomic_write
 from .model import MLP
+from .plotting import pyplot, save_png
 from .train import evaluate
 
 MISTAKES = 48  # digits in mistakes.png
 TILES = 64  # first-layer units in weights.png
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UsageError('report needs matplotlib: pip install "mnist-xp[plot]"') from None
-    return plt
-
-
-def _save(figure: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    figure.clear()
-    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
 def precision_recall(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,7 +104,7 @@ def weights_figure(plt: Any, first_layer: np.ndarray) -> Any:
 def write_report(model: MLP, records: list[dict[str, float]], data: Dataset, out: Path,
                  model_path: Path) -> list[Path]:
     """Write the four pictures and report.md into `out`; returns the files written."""
-    plt = _pyplot()
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     evaluation = evaluate(model, data.test_images, data.test_labels)
     predicted = model.predict(data.test_images)
@@ -135,8 +116,7 @@ def write_report(model: MLP, records: list[dict[str, float]], data: Dataset, out
         "weights.png": weights_figure(plt, model.host_params()[0]),
     }
     for name, figure in pictures.items():
-        _save(figure, out / name)
-        plt.close(figure)
+        save_png(figure, out / name)
     precision, recall = precision_recall(evaluation.confusion)
     lines = [f"# Report: {model_path.name}", "",
              f"{model.config.describe()}, dataset {data.name}; test accuracy "

@@ -213,7 +213,7 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
         train_split = to_device(backend, data.train_images, data.train_labels, config.dtype)
         test_split = to_device(backend, data.test_images, data.test_labels, config.dtype)
         model = (MLP.initialise(config, backend) if resume is None else
-                 MLP(config, [backend.asarray(p) for p in resume.params], backend))
+                 MLP.from_host(config, resume.params, backend))
         tail = backend.tail
         optimizer = make_optimizer(config.optimizer, model.params, config.lr,
                                    config.weight_decay, config.momentum, tail.adam_update)
