@@ -39,11 +39,14 @@ def init_params(config: Config, seed: int | None = None) -> list[np.ndarray]:
 
 
 def scale_images(backend: Backend, images: np.ndarray, dtype: str) -> Any:
-    """uint8 host images (N, 784) -> device floats in [0, 1]: moved as uint8, cast, then /255."""
+    """uint8 host images (N, 784) -> device floats in [0, 1]: moved as uint8, cast, then /255
+    in place, so that only one float copy exists at a time (188 MB for MNIST in float32)."""
     xp = backend.xp
     device_images = backend.asarray(np.ascontiguousarray(images).reshape(len(images), PIXELS))
     with backend.activate():
-        return xp.astype(device_images, getattr(xp, dtype)) / 255.0
+        X = xp.astype(device_images, getattr(xp, dtype))
+        X /= 255.0
+        return X
 
 
 class MLP:

@@ -12,7 +12,7 @@ import pytest
 from mnist_xp import MLP, Config, DataError, DivergenceError, UsageError, evaluate, train
 from mnist_xp.backend import numpy_backend
 from mnist_xp.data import Dataset
-from mnist_xp.model import init_params
+from mnist_xp.model import init_params, scale_images
 
 from conftest import assert_close
 
@@ -36,6 +36,28 @@ def test_five_steps_agree_with_numpy(backend_dtype, tiny_data, optimizer, lr):
         assert got.dtype == np.dtype(dtype)
         assert_close(got, want, dtype, scale=10)
     assert_close(history.final_loss, ref_history.final_loss, dtype)
+
+
+def test_scaled_images_on_every_backend(backend_dtype):
+    backend, dtype = backend_dtype
+    images = np.arange(256 * 784, dtype=np.int64).reshape(256, 784).astype(np.uint8)
+    X = backend.to_numpy(scale_images(backend, images, dtype))
+    assert X.dtype == np.dtype(dtype) and X.shape == (256, 784)
+    assert_close(X, images.astype(dtype) / 255, dtype)
+
+
+def test_scaling_holds_one_float_copy_at_a_time():
+    """The cast copy is divided in place: a second float temporary would double the peak."""
+    import tracemalloc
+
+    images = np.zeros((20_000, 784), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        X = scale_images(numpy_backend(), images, "float32")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.25 * X.nbytes
 
 
 def test_overfits_100_samples(backend_dtype):
