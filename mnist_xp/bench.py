@@ -28,6 +28,10 @@ from .model import MLP
 from .optim import make_optimizer
 from .train import to_device, train
 
+# Environment variables that change how BLAS runs (kernels, cache sizes, threads), recorded
+# with the results: a host may pin OpenBLAS to narrower kernels than its CPU has.
+BLAS_SETTINGS = ("OPENBLAS_", "GOTO_", "OMP_", "MKL_")
+
 # Vendor datasheet peaks (dense, no sparsity), FLOP/s, by a substring of CuPy's device name;
 # the first match wins. float64 uses the FP64 tensor-core rate, which cuBLAS's DGEMM uses.
 GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
@@ -103,7 +107,7 @@ def gpu_name(backend: Backend) -> str:
 
 
 def machine_description(backends: list[Backend]) -> dict[str, Any]:
-    """What ran the benchmark: CPU, GPUs with driver, and library versions."""
+    """What ran the benchmark: CPU, GPUs with driver, library versions and BLAS settings."""
     import array_api_compat
 
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
@@ -111,7 +115,9 @@ def machine_description(backends: list[Backend]) -> dict[str, Any]:
         "cpu": cpu_description(), "python": platform.python_version(),
         "platform": platform.platform(), "numpy": np.__version__,
         "blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip(),
-        "array_api_compat": array_api_compat.__version__}
+        "array_api_compat": array_api_compat.__version__,
+        "blas_settings": {name: value for name, value in sorted(os.environ.items())
+                          if name.startswith(BLAS_SETTINGS)}}
     try:
         import torch
 

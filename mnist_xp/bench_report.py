@@ -69,6 +69,9 @@ def markdown(result: dict[str, Any]) -> str:
               + (f", CuPy {machine['cupy']}" if "cupy" in machine else "")
               + (f", torch {machine['torch']}" if "torch" in machine else "")
               + f", Python {machine['python']}."]
+    settings = machine.get("blas_settings")
+    if settings:
+        lines.append("BLAS settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".")
     return "\n".join(lines) + "\n"
 
 

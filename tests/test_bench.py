@@ -31,7 +31,8 @@ def test_gpu_peaks_are_named_and_unknown_gpus_say_so():
         None, "unknown for 'Mystery GPU'")
 
 
-def test_a_measured_case_reports_everything(tmp_path):
+def test_a_measured_case_reports_everything(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     case = bench.measure_case(numpy_backend(), (16,), rows=500, repeats=2, warmup=1)
     assert case["step_ms"] > 0 and case["products_ms"] > 0 and case["to_device_ms"] > 0
     assert case["gflop_per_step"] == pytest.approx(500 * 16 * (4 * 784 + 6 * 10) / 1e9)
@@ -50,6 +51,8 @@ def test_a_measured_case_reports_everything(tmp_path):
     report = bench_report.markdown(result)
     assert "| cuda:0 | 16 | float32 | on |" in report and "| 4.00 |" in report
     assert "1.50 s (step 10) | not reached | 150 | 97.50% |" in report
+    assert result["machine"]["blas_settings"]["OPENBLAS_CORETYPE"] == "Haswell"
+    assert "BLAS settings: " in report and "OPENBLAS_CORETYPE=Haswell" in report
     pytest.importorskip("matplotlib")
     bench_report.plot(result, tmp_path / "bench.png")
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
