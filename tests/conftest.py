@@ -5,6 +5,9 @@ a stand-in GPU that refuses to mix devices), torch CPU when installed, CuPy on a
 from __future__ import annotations
 
 import os
+import tracemalloc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +107,15 @@ def assert_close(actual, expected, dtype: str, scale: float = 1.0) -> None:
     """Dtype-aware tolerance, as scikit-learn's array API tests use."""
     rtol, atol = (1e-4, 1e-5 * scale) if dtype == "float32" else (1e-10, 1e-12 * scale)
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+@contextmanager
+def traced_peak() -> Iterator[list[int]]:
+    """Trace host allocations in the block; the list it yields then holds the peak in bytes."""
+    peak: list[int] = []
+    tracemalloc.start()
+    try:
+        yield peak
+    finally:
+        peak.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()

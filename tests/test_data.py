@@ -25,6 +25,7 @@ from mnist_xp.data import parse_idx_images, parse_idx_labels
 from mnist_xp.datasets import SPLIT_FILES, DatasetSpec
 from mnist_xp.errors import DownloadError, UsageError
 
+from conftest import traced_peak
 from helpers import (
     idx_images_bytes,
     idx_labels_bytes,
@@ -304,18 +305,11 @@ def test_random_csv_bytes_give_data_errors_only(tmp_path_factory, raw):
 
 
 def test_a_billion_image_header_is_refused_before_any_allocation():
-    import tracemalloc
-
     payload = idx_images_bytes(IMAGES)
     claim = payload[:4] + (10**9).to_bytes(4, "big") + payload[8:]
-    tracemalloc.start()
-    try:
-        with pytest.raises(DataError, match="fuzz"):
-            parse_idx_images(claim, "fuzz")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 1_000_000  # 10^9 images would be 784 GB
+    with traced_peak() as peak, pytest.raises(DataError, match="fuzz"):
+        parse_idx_images(claim, "fuzz")
+    assert peak[0] < 1_000_000  # 10^9 images would be 784 GB
 
 
 def test_a_download_cut_halfway_leaves_nothing_behind(mirrors, monkeypatch):

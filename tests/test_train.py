@@ -14,7 +14,7 @@ from mnist_xp.backend import numpy_backend
 from mnist_xp.data import Dataset
 from mnist_xp.model import init_params, scale_images
 
-from conftest import assert_close
+from conftest import assert_close, traced_peak
 
 
 def test_same_seed_same_initial_weights(backend_dtype):
@@ -48,16 +48,10 @@ def test_scaled_images_on_every_backend(backend_dtype):
 
 def test_scaling_holds_one_float_copy_at_a_time():
     """The cast copy is divided in place: a second float temporary would double the peak."""
-    import tracemalloc
-
     images = np.zeros((20_000, 784), dtype=np.uint8)
-    tracemalloc.start()
-    try:
+    with traced_peak() as peak:
         X = scale_images(numpy_backend(), images, "float32")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 1.25 * X.nbytes
+    assert peak[0] < 1.25 * X.nbytes
 
 
 def test_overfits_100_samples(backend_dtype):
