@@ -1,7 +1,7 @@
 """mnist_xp: a from-scratch MLP for MNIST, written once against the Array API standard, so the
 same forward pass, backpropagation and updates run on NumPy (CPU) and CuPy (CUDA)."""
 
-from .backend import Backend, select_backend
+from .backends import Backend, select_backend
 from .config import Config
 from .data import Dataset, read_idx_images, read_idx_labels, read_kaggle_csv
 from .datasets import load_dataset

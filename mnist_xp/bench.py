@@ -12,20 +12,17 @@ import os
 import platform
 import statistics
 import time
-import tracemalloc
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from . import nn
-from .backend import Backend
+from .backends import Backend
+from .backends.base import library_version
 from .config import Config
 from .data import CLASSES, PIXELS, Dataset
-from .errors import BackendError
 from .model import MLP
-from .optim import make_optimizer
+from .step import TrainStep
 from .train import to_device, train
 
 # Environment variables that change how BLAS runs (kernels, cache sizes, threads), recorded
@@ -99,13 +96,6 @@ def gpu_peak(gpu_name: str, dtype: str, tf32: bool) -> tuple[float | None, str]:
     return None, f"unknown for {gpu_name!r}"
 
 
-def gpu_name(backend: Backend) -> str:
-    import cupy
-
-    props = cupy.cuda.runtime.getDeviceProperties(backend.device.id)
-    return props["name"].decode(errors="replace")
-
-
 def machine_description(backends: list[Backend]) -> dict[str, Any]:
     """What ran the benchmark: CPU, GPUs with driver, library versions and BLAS settings."""
     import array_api_compat
@@ -125,58 +115,16 @@ def machine_description(backends: list[Backend]) -> dict[str, Any]:
     except ImportError:
         pass
     for backend in backends:
-        if backend.is_cupy:
+        machine.setdefault("libraries", {})[backend.library] = library_version(backend.library)
+        if backend.on_gpu:
+            machine.setdefault("gpus", []).append(backend.name)
+        if backend.library == "cupy":
             import cupy
 
             machine["cupy"] = cupy.__version__
             machine["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
             machine["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
-            machine.setdefault("gpus", []).append(backend.name)
     return machine
-
-
-def elapsed(backend: Backend, work: Callable[[], Any]) -> float:
-    """Seconds that work() takes on the device: CUDA events on a GPU (never a bare host clock
-    around asynchronous work), perf_counter on the CPU, where the work is synchronous."""
-    if backend.is_cupy:
-        import cupy
-
-        start, end = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        work()
-        end.record()
-        end.synchronize()
-        return cupy.cuda.get_elapsed_time(start, end) / 1e3
-    backend.synchronize()
-    begin = time.perf_counter()
-    work()
-    backend.synchronize()
-    return time.perf_counter() - begin
-
-
-@contextmanager
-def tf32_mode(backend: Backend, enabled: bool) -> Iterator[None]:
-    """CuPy's float32 matmuls on TF32 tensor cores or in full FP32, for the block only."""
-    if not backend.is_cupy:
-        yield
-        return
-    try:  # CuPy's switch behind CUPY_TF32; private, so checked
-        from cupy._core import _routines_linalg as linalg
-
-        linalg.get_compute_type, linalg.set_compute_type, linalg.COMPUTE_TYPE_TF32  # noqa: B018
-    except (ImportError, AttributeError):
-        if enabled:
-            raise BackendError("this CuPy has no TF32 switch (cupy._core._routines_linalg."
-                               "set_compute_type): run with --tf32 off") from None
-        yield
-        return
-    before = linalg.get_compute_type(np.float32)
-    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled
-                            else linalg.COMPUTE_TYPE_DEFAULT)
-    try:
-        yield
-    finally:
-        linalg.set_compute_type(np.float32, before)
 
 
 def _synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -185,85 +133,68 @@ def _synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images, rng.integers(0, CLASSES, size=rows).astype(np.uint8)
 
 
-def _pool_bytes(backend: Backend, reset: bool = False) -> int | None:
-    """CuPy's memory pool size. The pool keeps freed blocks for reuse, so after a run its size
-    is that run's high-water mark."""
-    if not backend.is_cupy:
-        return None
-    import cupy
-
-    pool = cupy.get_default_memory_pool()
-    if reset:
-        pool.free_all_blocks()
-    return pool.total_bytes()
-
-
 def measure_case(backend: Backend, hidden: tuple[int, ...], dtype: str = "float32", *,
                  tf32: bool = False, tail: nn.Tail | None = None, rows: int = 60_000,
                  repeats: int = 20, warmup: int = 3, chunk_size: int | None = None,
                  seed: int = 0) -> dict[str, Any]:
     """Time one case: the median full-batch step (forward, backward, Adam, no loss value, as
-    between log points in training) and, interleaved with it so both see the same machine load,
-    the median of the step's two big products X·W1 and Xᵀ·dZ1 alone."""
-    tail = tail or backend.tail
+    between log points in training), the very TrainStep that training runs, and, interleaved
+    with it so both see the same machine load, the median of the step's two big products X·W1
+    and Xᵀ·dZ1 alone."""
     chunk_size = backend.default_chunk_rows if chunk_size is None else chunk_size
+    backend.check_dtype(dtype)
     images, labels = _synthetic(rows, seed)
     config = Config(hidden=hidden, activation="relu", loss="ce", optimizer="adam", dtype=dtype)
-    _pool_bytes(backend, reset=True)
-    tracing = not backend.on_gpu  # host memory is traced by tracemalloc, for one step
-    with backend.activate(), tf32_mode(backend, tf32):
+    xp = backend.xp
+    with backend.activate(), backend.tf32(tf32):
         # the first transfer pays one-off kernel compiles on a GPU: the median of 3
-        transfer_s = [elapsed(backend, lambda: to_device(backend, images, labels, dtype))
-                      for _ in range(3)]
-        if tracing:
-            tracemalloc.start()
-        split = to_device(backend, images, labels, dtype)
-        model = MLP.initialise(config, backend, seed)
-        opt = make_optimizer("adam", model.params, config.lr, fused_adam=tail.adam_update)
-        xp = backend.xp
-
-        def step() -> None:
-            _, grads = nn.loss_and_gradients(model.params, split.X, split.Y, "relu", "softmax",
-                                             "ce", chunk_size, False, tail)
-            opt.step(model.params, grads)
-
-        def products() -> None:
-            split.X @ W1
-            xp.matrix_transpose(split.X) @ dZ1
-
-        step()
-        backend.synchronize()
-        if tracing:
-            peak_bytes = tracemalloc.get_traced_memory()[1]
-            tracemalloc.stop()
-        W1 = model.params[0]
+        transfer_s = [backend.seconds(lambda: to_device(backend, images, labels, dtype,
+                                                        chunk_size)) for _ in range(3)]
+        with backend.peak_memory() as peak:  # the data, the model and one step (it compiles)
+            split = to_device(backend, images, labels, dtype, chunk_size)
+            model = MLP.initialise(config, backend, seed)
+            train_step = TrainStep(backend, config, chunk_size, tail)
+            params, state, _ = train_step(model.params, train_step.initial_state(model.params),
+                                          split.X, split.Y)
+            params, state = backend.ready((params, state))
+        W1 = params[0]
         dZ1 = backend.asarray(np.random.default_rng(seed).standard_normal(
-            (rows, W1.shape[1])).astype(dtype))
+            (rows, W1.shape[1])).astype(dtype), chunk_rows=chunk_size)
+
+        def step() -> Any:
+            nonlocal params, state
+            params, state, _ = train_step(params, state, split.X, split.Y)
+            return params, state
+
+        def products() -> Any:
+            return split.X @ W1, xp.matrix_transpose(split.X) @ dZ1
+
         for _ in range(warmup):
-            step()
-            products()
+            backend.ready(step())
+            backend.ready(products())
         step_s, product_s = [], []
         for _ in range(repeats):
-            step_s.append(elapsed(backend, step))
-            product_s.append(elapsed(backend, products))
-    if not tracing:
-        peak_bytes = _pool_bytes(backend)
+            step_s.append(backend.seconds(step))
+            product_s.append(backend.seconds(products))
     step_ms = 1e3 * statistics.median(step_s)
     product_ms = 1e3 * statistics.median(product_s)
     flops = flops_per_step(config.sizes, rows)
     if backend.on_gpu:
-        peak, peak_name = gpu_peak(gpu_name(backend), dtype, tf32)
+        peak_flops, peak_name = gpu_peak(backend.hardware, dtype, tf32)
     else:
-        peak, peak_name = cpu_peak(dtype)
+        peak_flops, peak_name = cpu_peak(dtype)
     gflops = flops / (step_ms / 1e3) / 1e9
-    return {"device": backend.device_name, "backend": backend.name, "hidden": list(hidden),
-            "dtype": dtype, "tf32": tf32 if backend.on_gpu and dtype == "float32" else None,
-            "tail": tail.name, "rows": rows, "chunk_size": chunk_size, "repeats": repeats,
+    return {"device": backend.device_name, "library": backend.library, "backend": backend.name,
+            "hidden": list(hidden), "dtype": dtype,
+            "tf32": tf32 if backend.on_gpu and dtype == "float32" else None,
+            "tail": train_step.tail.name, "compiled": train_step.traces < warmup + 1,
+            "rows": rows, "chunk_size": chunk_size, "repeats": repeats,
             "step_ms": step_ms, "products_ms": product_ms, "step_over_products":
             step_ms / product_ms, "gflop_per_step": flops / 1e9, "gflops": gflops,
-            "peak_gflops": peak / 1e9 if peak else None,
-            "percent_of_peak": 100 * gflops * 1e9 / peak if peak else None, "peak": peak_name,
-            "to_device_ms": 1e3 * statistics.median(transfer_s), "peak_memory_bytes": peak_bytes}
+            "peak_gflops": peak_flops / 1e9 if peak_flops else None,
+            "percent_of_peak": 100 * gflops * 1e9 / peak_flops if peak_flops else None,
+            "peak": peak_name, "to_device_ms": 1e3 * statistics.median(transfer_s),
+            "peak_memory_bytes": peak[0]}
 
 
 def torch_step_ms(device: str, hidden: tuple[int, ...], dtype: str = "float32", *,

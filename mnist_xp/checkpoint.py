@@ -33,12 +33,16 @@ class Checkpoint:
     final_loss: float = float("nan")
 
 
-def save_checkpoint(path: Path, model: MLP, optimizer: Any, step: int,
+def save_checkpoint(path: Path, model: MLP, optimizer_state: dict[str, Any], step: int,
                     batches: dict[str, Any], records: list[dict[str, float]],
                     final_loss: float) -> None:
-    arrays = {f"{name}{i}": model.backend.to_numpy(a)
-              for name in optimizer.STATE for i, a in enumerate(getattr(optimizer, name))}
-    extra = {"kind": "checkpoint", "step": step, "optimizer_t": optimizer.t,
+    """Write the model, the optimizer's state (its step count t and per-parameter lists) and
+    the run's bookkeeping, atomically."""
+    to_numpy = model.backend.to_numpy
+    arrays = {f"{name}{i}": to_numpy(a) for name, values in optimizer_state.items()
+              if name != "t" for i, a in enumerate(values)}
+    t = round(float(to_numpy(optimizer_state["t"])))
+    extra = {"kind": "checkpoint", "step": step, "optimizer_t": t,
              "batches": batches, "history": records, "final_loss": final_loss}
     model.save(path, extra=extra, arrays=arrays)
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .backend import Backend, select_backend
+from .backends import LIBRARIES, Backend, select_backend
 from .checkpoint import load_checkpoint
 from .config import DTYPES
 from .data import read_kaggle_csv
@@ -60,7 +60,11 @@ def _batch_size(text: str) -> int | str:
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
-                        help="cpu, cuda, cuda:N or auto (CUDA when CuPy sees a GPU; default)")
+                        help="cpu, cuda, cuda:N or auto (CUDA when the backend sees a GPU; "
+                             "default)")
+    parser.add_argument("--backend", default="auto", choices=("auto", *LIBRARIES),
+                        help="the array library: auto (NumPy on the CPU, CuPy on CUDA; default),"
+                             " numpy, cupy, torch, jax (jitted) or dask")
 
 
 def _add_data(parser: argparse.ArgumentParser) -> None:
@@ -149,12 +153,22 @@ def build_parser() -> argparse.ArgumentParser:
     pictures.set_defaults(func=cmd_report)
 
     info = commands.add_parser("info", help="library versions and the CUDA devices CuPy sees")
+    info.add_argument("--check", action="store_true",
+                      help="train 5 steps on every installed backend and device and compare "
+                           "the weights with NumPy's (exit 1 if any differs)")
+    info.add_argument("--namespace", metavar="MODULE",
+                      help="check this Array API namespace instead, e.g. array_api_strict")
     info.set_defaults(func=cmd_info)
 
     bench = commands.add_parser(
         "bench", help="CPU-vs-GPU report: step times, GFLOP/s, speedups, time to accuracy")
     bench.add_argument("--device", default="all",
                        help="all (the CPU, and CUDA when usable; default), cpu, cuda or cuda:N")
+    bench.add_argument("--backend", nargs="+", default=["auto"],
+                       choices=("auto", "all", *LIBRARIES), metavar="LIBRARY",
+                       help="auto (NumPy on the CPU, CuPy on CUDA; default), all (every "
+                            "installed library on every device it can use), or some of "
+                            f"{', '.join(LIBRARIES)}")
     bench.add_argument("--hidden", type=_hidden, nargs="+", default=[(10,), (128,), (800,)],
                        metavar="SIZES", help="networks to time, each a hidden-size list like 128 "
                                              "or 1024,256 (default: 10 128 800)")
@@ -182,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _backend(spec: str) -> Backend:
-    backend = select_backend(spec)
+def _backend(args: argparse.Namespace) -> Backend:
+    backend = select_backend(args.device, args.backend)
     note = f" ({backend.note})" if backend.note else ""
     print(f"device: {backend.name}{note}")
     return backend
@@ -248,7 +262,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_writable(args.checkpoint, "--checkpoint")
     if args.checkpoint_every is not None and args.checkpoint is None:
         raise UsageError("--checkpoint-every needs --checkpoint FILE.npz")
-    backend = _backend(args.device)
+    backend = _backend(args)
+    backend.check_dtype(config.dtype)
     data = load_dataset(args.dataset, args.data_dir, progress=not args.quiet)
     print(f"data: {data.name}, train {data.train_images.shape} test {data.test_images.shape} "
           f"uint8 -> {config.dtype} in [0, 1]")
@@ -288,7 +303,7 @@ def format_confusion(confusion: np.ndarray) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    backend = _backend(args.device)
+    backend = _backend(args)
     model = MLP.load(args.model, backend)
     print(f"model: {args.model}: {model.config.describe()}")
     if args.csv is not None:
@@ -322,7 +337,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check_writable(args.submission, "--submission")
     if args.show_preprocessed is not None:
         args.show_preprocessed.mkdir(parents=True, exist_ok=True)
-    backend = select_backend(args.device)
+    backend = select_backend(args.device, args.backend)
     model = MLP.load(args.model, backend)
     results = []
     for path in args.inputs:
@@ -365,7 +380,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     pyplot()  # a missing plot extra is a usage error, before any work
     saved = read_model_file(args.model)
-    model = MLP.from_host(saved.config, saved.params, select_backend(args.device))
+    model = MLP.from_host(saved.config, saved.params, select_backend(args.device, args.backend))
     records = saved.meta.get("history") or []
     data = load_dataset(args.dataset, args.data_dir)
     for path in write_report(model, records, data, args.out, args.model):
@@ -382,35 +397,85 @@ def _version(distribution: str) -> str:
 
 def cmd_info(args: argparse.Namespace) -> int:
     print(f"mnist-xp {__version__}, Python {platform.python_version()} on {platform.machine()}")
-    for name in ("numpy", "array-api-compat", "tqdm", "array-api-strict", "torch"):
+    for name in ("numpy", "array-api-compat", "tqdm", "array-api-strict", "torch", "jax",
+                 "jaxlib", "dask"):
         print(f"{name}: {_version(name)}")
     cupy_dists = [d for d in ("cupy-cuda13x", "cupy-cuda12x", "cupy")
                   if _version(d) != "not installed"]
     print(f"cupy: {', '.join(f'{d} {_version(d)}' for d in cupy_dists) or 'not installed'}")
     if cupy_dists:
-        from .backend import cuda_backend
-
         index = 0
         while True:
             try:
-                print(f"  cuda:{index}: {cuda_backend(index).name}")
+                print(f"  cuda:{index}: {select_backend(f'cuda:{index}', 'cupy').name}")
             except MnistXpError as exc:
                 if index == 0:
                     print(f"  no CUDA device: {exc}")
                 break
             index += 1
+    if args.check or args.namespace:
+        return _self_check(args.namespace)
     return 0
 
 
-def _bench_backends(spec: str) -> list[Backend]:
-    if spec.strip().lower() != "all":
-        return [select_backend(spec)]
-    backends = [select_backend("cpu")]
-    gpu = select_backend("auto")
-    if gpu.on_gpu:
-        backends.append(gpu)
+def _self_check(namespace: str | None) -> int:
+    """One line per backend: agrees with NumPy, differs, or why it did not run."""
+    from . import selfcheck
+
+    print("check: 5 training steps of two small networks (relu/softmax/adam, full batch; "
+          "tanh/sigmoid/mse/momentum, mini-batches), float32, each backend against NumPy")
+    if namespace:
+        import importlib
+
+        try:
+            xp = importlib.import_module(namespace)
+        except ImportError as exc:
+            raise UsageError(f"--namespace {namespace}: cannot import it ({exc})") from None
+        backend = Backend(xp)
+        results = [(f"{backend.name}", selfcheck.compare_with_numpy(backend))]
     else:
-        print(f"bench: CPU only ({gpu.note.removeprefix('auto chose the CPU: ')})")
+        results = selfcheck.check_installed()
+    failed = False
+    for label, verdict in results:
+        text = verdict if isinstance(verdict, str) else verdict.text
+        failed = failed or (not isinstance(verdict, str) and not verdict.agrees)
+        print(f"  {label}: {text}", flush=True)
+    return 1 if failed else 0
+
+
+# Where each library can run; `bench --backend all` tries every pair the --device allows.
+BENCH_PAIRS = {"cpu": ("numpy", "torch", "jax", "dask"), "cuda": ("cupy", "torch", "jax")}
+
+
+def _bench_backends(device: str, libraries: list[str]) -> list[Backend]:
+    """The backends to time: `auto` is NumPy on the CPU and CuPy on CUDA, `all` every library
+    on every device it can use; a pair that cannot run is skipped with a line saying why."""
+    from .backends import LibraryMissing
+
+    device = device.strip().lower()
+    kinds = ["cpu", "cuda"] if device == "all" else [device]
+    wanted = set(LIBRARIES) if "all" in libraries else set(libraries)
+    backends = []
+    for kind in kinds:
+        base = kind.split(":")[0]
+        allowed = BENCH_PAIRS.get(base, ())
+        names = ([{"cpu": "numpy", "cuda": "cupy"}.get(base, "auto")] if "auto" in wanted
+                 else []) + [n for n in LIBRARIES if n in wanted and n in allowed]
+        for library in dict.fromkeys(names):
+            try:
+                backend = select_backend(kind, library)
+            except LibraryMissing as exc:
+                print(f"bench: skipping {library} on {kind}: {exc}")
+                continue
+            except MnistXpError as exc:
+                if device != "all" and len(wanted) == 1:
+                    raise
+                print(f"bench: skipping {library} on {kind}: {exc}")
+                continue
+            backends.append(backend)
+    if not backends:
+        raise UsageError(f"nothing to benchmark for --device {device} --backend "
+                         f"{' '.join(libraries)}")
     return backends
 
 
@@ -438,11 +503,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _check_writable(path, flag)
     if args.plot:
         pyplot()  # a missing plot extra is a usage error before the timings, not after
-    backends = _bench_backends(args.device)
+    backends = _bench_backends(args.device, args.backend)
     data = None
     if not args.no_accuracy:
         data = load_dataset(args.dataset, args.data_dir, progress=True)
     tf32_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.tf32]
+    torch_ms: dict[tuple[Any, ...], float] = {}  # the hand-written step, once per device
     cases = []
     for backend in backends:
         print(f"device: {backend.name}", flush=True)
@@ -455,16 +521,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         torch_device = None if args.no_torch else _torch_device(backend)
         for hidden in args.hidden:
             for tf32 in modes:
+                key = (torch_device, tuple(hidden), tf32)
+                if torch_device and key not in torch_ms:
+                    torch_ms[key] = bench.torch_step_ms(
+                        torch_device, hidden, args.dtype, tf32=tf32, rows=args.rows,
+                        repeats=args.repeats, warmup=args.warmup)
                 for tail in tails:
                     case = bench.measure_case(
                         backend, hidden, args.dtype, tf32=tf32, tail=tail, rows=args.rows,
                         repeats=args.repeats, warmup=args.warmup, chunk_size=args.chunk_size)
-                    if torch_device and tail is tails[0]:
-                        case["torch_ms"] = bench.torch_step_ms(
-                            torch_device, hidden, args.dtype, tf32=tf32, rows=args.rows,
-                            repeats=args.repeats, warmup=args.warmup)
-                    print(f"  {bench_report.hidden_label(hidden)} {args.dtype} tf32={case['tf32']} "
-                          f"{case['tail']}: {case['step_ms']:.2f} ms/step", flush=True)
+                    if key in torch_ms:
+                        case["torch_ms"] = torch_ms[key]
+                    print(f"  {backend.library} {bench_report.hidden_label(hidden)} {args.dtype} "
+                          f"tf32={case['tf32']} {case['tail']}: {case['step_ms']:.2f} ms/step",
+                          flush=True)
                     cases.append(case)
     bench_report.add_speedups(cases)
     accuracy = []

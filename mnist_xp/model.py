@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import nn
-from .backend import Backend
+from .backends import Backend
 from .config import Config
 from .data import PIXELS
 from .errors import DataError, UsageError
@@ -38,11 +38,14 @@ def init_params(config: Config, seed: int | None = None) -> list[np.ndarray]:
     return params
 
 
-def scale_images(backend: Backend, images: np.ndarray, dtype: str) -> Any:
+def scale_images(backend: Backend, images: np.ndarray, dtype: str,
+                 chunk_rows: int | None = None) -> Any:
     """uint8 host images (N, 784) -> device floats in [0, 1]: moved as uint8, cast, then /255
-    in place, so that only one float copy exists at a time (188 MB for MNIST in float32)."""
+    in place where the library allows (X is this function's own), so that only one float copy
+    exists at a time (188 MB for MNIST in float32)."""
     xp = backend.xp
-    device_images = backend.asarray(np.ascontiguousarray(images).reshape(len(images), PIXELS))
+    host = np.ascontiguousarray(images).reshape(len(images), PIXELS)
+    device_images = backend.asarray(host, copy=None, chunk_rows=chunk_rows)
     with backend.activate():
         X = xp.astype(device_images, getattr(xp, dtype))
         X /= 255.0
@@ -92,7 +95,8 @@ class MLP:
 
     @classmethod
     def from_host(cls, config: Config, host_params: list[np.ndarray], backend: Backend) -> MLP:
-        """A model on `backend` from host (NumPy) parameters."""
+        """A model on `backend` from host (NumPy) parameters, copied: training never changes
+        the caller's arrays, and read-only ones work."""
         return cls(config, [backend.asarray(p) for p in host_params], backend)
 
     @classmethod

@@ -1,6 +1,11 @@
 """A dense network's forward pass, losses and backpropagation, written once for any Array API
-namespace (NumPy, CuPy, torch, array_api_strict). Nothing here imports an array library: each
-function asks its arrays for their namespace.
+namespace (NumPy, CuPy, torch, JAX, Dask, array_api_strict, ...). Nothing here imports an array
+library or asks which one it runs on: each function asks its arrays for their namespace.
+
+Every function returns what it computes, and callers use what is returned. An in-place operator
+(`Z += b`) appears only on an array the function itself made, or that its caller hands over and
+no longer reads: it reuses the memory on NumPy, CuPy and torch, and quietly makes a new array on
+JAX (immutable) and Dask (lazy), which is then just as correct because the result is returned.
 
 Notation, for a batch of m rows and layers l = 1..L:
     Z_l = A_{l-1}·W_l + b_l        A_0 = X
@@ -23,7 +28,7 @@ LOSSES = ("ce", "mse")
 
 
 def relu_with_slope(Z: Array) -> tuple[Array, Array]:
-    """A = relu(z) = max(z, 0) = z·[z > 0]; slope [z > 0]. Z becomes A in place."""
+    """A = relu(z) = max(z, 0) = z·[z > 0]; slope [z > 0]. Consumes Z (A may reuse it)."""
     xp = array_namespace(Z)
     slope = xp.astype(Z > 0, Z.dtype)
     Z *= slope
@@ -94,13 +99,13 @@ def output_probabilities(output: str, logits: Array) -> Array:
 
 
 def bias_relu(Z: Array, b: Array) -> tuple[Array, Array]:
-    """A = relu(Z + b), in place in Z, and its slope [Z + b > 0]."""
+    """A = relu(Z + b), and its slope [Z + b > 0]. Consumes Z."""
     Z += b
     return relu_with_slope(Z)
 
 
 def times_slope(dA: Array, slope: Array) -> Array:
-    """dZ = dA ⊙ g'(Z), in place in dA."""
+    """dZ = dA ⊙ g'(Z). Consumes dA."""
     dA *= slope
     return dA
 
@@ -114,19 +119,21 @@ def softmax_ce_gradient(logits: Array, Y: Array, rows: int) -> Array:
 class Tail:
     """The element-wise work around a step's matrix products, which a backend may fuse into
     fewer kernels. These Array API versions are the reference and the default everywhere;
-    mnist_xp.fused has CuPy kernels behind the same signatures.
+    mnist_xp.backends.cupy_kernels has CuPy kernels behind the same signatures.
 
-    bias_relu(Z, b) -> (A, slope)      A = relu(Z + b) in place; slope is what relu_backward needs
-    relu_backward(dA, slope) -> dZ     dA ⊙ [Z > 0], in place
+    bias_relu(Z, b) -> (A, slope)      A = relu(Z + b), consuming Z; slope is what
+                                       relu_backward needs
+    relu_backward(dA, slope) -> dZ     dA ⊙ [Z > 0], consuming dA
     softmax_ce_gradient(Z, Y, m) -> dZ (softmax(Z) - Y) / m
-    adam_update(p, g, m, v, ...)       one fused Adam update, or None for optim.Adam's own
+    adam_update(p, g, m, v, ...)       one fused Adam update returning (p, m, v), or None for
+                                       optim.Adam's own
     """
 
     name: str = "array-api"
     bias_relu: Callable[[Array, Array], tuple[Array, Array]] = bias_relu
     relu_backward: Callable[[Array, Array], Array] = times_slope
     softmax_ce_gradient: Callable[[Array, Array, int], Array] = softmax_ce_gradient
-    adam_update: Callable[..., None] | None = None
+    adam_update: Callable[..., tuple[Array, Array, Array]] | None = None
 
 
 ARRAY_API_TAIL = Tail()
@@ -144,7 +151,7 @@ def forward(params: list[Array], X: Array, activation: str, tail: Tail = ARRAY_A
         W, b = params[2 * layer], params[2 * layer + 1]
         Z = inputs[-1] @ W
         if layer == last:
-            Z += b  # Z = A·W + b, adding b in place
+            Z += b  # Z = A·W + b; Z is this function's own
             return inputs, slopes, Z
         if activation == "relu":
             A, slope = tail.bias_relu(Z, b)
@@ -233,16 +240,20 @@ def loss_and_gradients(params: list[Array], X: Array, Y: Array, activation: str,
             total_loss, total_grads = value, grads
         else:
             total_loss = total_loss + value if with_loss else None
-            for total, g in zip(total_grads, grads):
-                total += g
+            total_grads = [total + g for total, g in zip(total_grads, grads)]
     return total_loss, total_grads
+
+
+def hit_count(logits: Array, labels: Array) -> Array:
+    """How many rows' largest logit is the label, as a 0-d float array that stays on the device
+    (exact below 2^24 rows in float32)."""
+    xp = array_namespace(logits, labels)
+    return xp.sum(xp.astype(xp.argmax(logits, axis=1) == labels, logits.dtype))
 
 
 def accuracy(logits: Array, labels: Array) -> Array:
     """Fraction of rows whose largest logit is the label (a 0-d array: stays on the device)."""
-    xp = array_namespace(logits, labels)
-    hits = xp.astype(xp.argmax(logits, axis=1) == labels, logits.dtype)
-    return xp.mean(hits)
+    return hit_count(logits, labels) / logits.shape[0]
 
 
 def one_hot(labels: Array, dtype: Any, classes: int = 10) -> Array:

@@ -1,5 +1,11 @@
-"""Gradient-descent updates, applied in place to the parameter arrays. Written once for any
-Array API namespace: nothing here imports an array library.
+"""Gradient-descent updates as functions: `update(params, grads, state)` returns the new
+parameters and the new state, and changes nothing it was given, so the same code is correct on
+libraries whose arrays are immutable (JAX) or lazy (Dask). Written once for any Array API
+namespace: nothing here imports an array library.
+
+The state is a dict of arrays: the step count t (a 0-d array of the parameters' dtype, so that
+a compiled step never turns it into a Python number) and each optimizer's per-parameter lists
+(STATE names them, for checkpoints).
 
 L2 weight decay λ adds λ·W to the gradient of every weight matrix (2-D parameter), which is the
 gradient of (λ/2)·||W||²; biases are not decayed.
@@ -7,114 +13,115 @@ gradient of (λ/2)·||W||²; biases are not decayed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, device
 
 Array = Any
+State = dict[str, Any]
 
 
 def _with_decay(p: Array, g: Array, weight_decay: float) -> Array:
     return g + weight_decay * p if weight_decay and p.ndim == 2 else g
 
 
-def _zeros_like_each(params: list[Array]) -> list[Array]:
-    xp = array_namespace(*params)
-    return [xp.zeros_like(p) for p in params]
-
-
 class SGD:
     """θ ← θ - η·g"""
 
-    STATE: tuple[str, ...] = ()  # names of the per-parameter state lists (for checkpoints)
+    STATE: tuple[str, ...] = ()  # names of the per-parameter state lists
 
-    def __init__(self, params: list[Array], lr: float, weight_decay: float = 0.0) -> None:
+    def __init__(self, lr: float, weight_decay: float = 0.0) -> None:
         self.lr, self.weight_decay = lr, weight_decay
-        self.t = 0
 
-    def step(self, params: list[Array], grads: list[Array]) -> None:
-        self.t += 1
-        for p, g in zip(params, grads):
-            p -= self.lr * _with_decay(p, g, self.weight_decay)
+    def init(self, params: list[Array]) -> State:
+        """t = 0 and zeros like each parameter for every list in STATE."""
+        xp = array_namespace(*params)
+        state: State = {"t": xp.zeros((), dtype=params[0].dtype, device=device(params[0]))}
+        for name in self.STATE:
+            state[name] = [xp.zeros_like(p) for p in params]
+        return state
+
+    def update(self, params: list[Array], grads: list[Array], state: State
+               ) -> tuple[list[Array], State]:
+        new = [p - self.lr * _with_decay(p, g, self.weight_decay) for p, g in zip(params, grads)]
+        return new, {"t": state["t"] + 1}
 
 
-class Momentum:
+class Momentum(SGD):
     """v ← μ·v + g;  θ ← θ - η·v  (heavy-ball momentum)"""
 
     STATE = ("velocity",)
 
-    def __init__(self, params: list[Array], lr: float, momentum: float = 0.9,
-                 weight_decay: float = 0.0) -> None:
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.t = 0
-        self.velocity = _zeros_like_each(params)
+    def __init__(self, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
+        super().__init__(lr, weight_decay)
+        self.momentum = momentum
 
-    def step(self, params: list[Array], grads: list[Array]) -> None:
-        self.t += 1
-        for p, g, v in zip(params, grads, self.velocity):
-            v *= self.momentum
-            v += _with_decay(p, g, self.weight_decay)
-            p -= self.lr * v
+    def update(self, params: list[Array], grads: list[Array], state: State
+               ) -> tuple[list[Array], State]:
+        velocity = [self.momentum * v + _with_decay(p, g, self.weight_decay)
+                    for p, g, v in zip(params, grads, state["velocity"])]
+        new = [p - self.lr * v for p, v in zip(params, velocity)]
+        return new, {"t": state["t"] + 1, "velocity": velocity}
 
 
-class Adam:
+class Adam(SGD):
     """Adam (Kingma & Ba) with step-dependent bias correction, t = 1, 2, ...:
 
     m ← β₁m + (1-β₁)g    v ← β₂v + (1-β₂)g²    θ ← θ - η·m̂ / (√v̂ + ε)
     m̂ = m / (1-β₁ᵗ)      v̂ = v / (1-β₂ᵗ)
 
-    `fused_update(p, g, m, v, step_size, beta1, beta2, eps_hat, decay)`, when given, does one
-    parameter's whole update in one kernel (mnist_xp.fused); decay is the L2 λ for weight
-    matrices, 0 for biases. The default is the Array API update below.
+    `fused_update(p, g, m, v, step_size, beta1, beta2, eps_hat, decay) -> (p, m, v)`, when
+    given, does one parameter's whole update in one kernel (CuPy's); decay is the L2 λ for
+    weight matrices, 0 for biases. The default is the Array API update below.
     """
 
     STATE = ("m", "v")
 
-    def __init__(self, params: list[Array], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, fused_update: Callable[..., None] | None = None
-                 ) -> None:
-        self.lr, self.betas, self.eps, self.weight_decay = lr, betas, eps, weight_decay
-        self.fused_update = fused_update
-        self.t = 0
-        self.m = _zeros_like_each(params)
-        self.v = _zeros_like_each(params)
+    def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0,
+                 fused_update: Callable[..., tuple[Array, Array, Array]] | None = None) -> None:
+        super().__init__(lr, weight_decay)
+        self.betas, self.eps, self.fused_update = betas, eps, fused_update
 
-    def step(self, params: list[Array], grads: list[Array]) -> None:
-        self.t += 1
+    def update(self, params: list[Array], grads: list[Array], state: State
+               ) -> tuple[list[Array], State]:
         xp = array_namespace(*params)
+        t = state["t"] + 1
         beta1, beta2 = self.betas
-        correction1 = 1.0 - beta1**self.t
-        root_correction2 = math.sqrt(1.0 - beta2**self.t)
+        correction1 = 1.0 - beta1**t  # 0-d arrays: no Python number under jax.jit
+        root_correction2 = xp.sqrt(1.0 - beta2**t)
         if self.fused_update is not None:
             # η·m̂/(√v̂ + ε) = (η√(1-β₂ᵗ)/(1-β₁ᵗ))·m/(√v + ε√(1-β₂ᵗ))
             step_size = self.lr * root_correction2 / correction1
-            for p, g, m, v in zip(params, grads, self.m, self.v):
-                decay = self.weight_decay if p.ndim == 2 else 0.0
-                self.fused_update(p, g, m, v, step_size, beta1, beta2,
-                                  self.eps * root_correction2, decay)
-            return
-        for p, g, m, v in zip(params, grads, self.m, self.v):
+            eps_hat = self.eps * root_correction2
+            updated = [self.fused_update(p, g, m, v, step_size, beta1, beta2, eps_hat,
+                                         self.weight_decay if p.ndim == 2 else 0.0)
+                       for p, g, m, v in zip(params, grads, state["m"], state["v"])]
+            new, ms, vs = (list(column) for column in zip(*updated))
+            return new, {"t": t, "m": ms, "v": vs}
+        new, ms, vs = [], [], []
+        for p, g, m, v in zip(params, grads, state["m"], state["v"]):
             g = _with_decay(p, g, self.weight_decay)
-            m *= beta1
-            m += (1.0 - beta1) * g
-            v *= beta2
-            v += (1.0 - beta2) * (g * g)
+            m = beta1 * m + (1.0 - beta1) * g
+            v = beta2 * v + (1.0 - beta2) * (g * g)
             # η·m̂/(√v̂ + ε) with m̂ = m/(1-β₁ᵗ), √v̂ = √v/√(1-β₂ᵗ)
-            p -= (self.lr / correction1) * m / (xp.sqrt(v) / root_correction2 + self.eps)
+            new.append(p - (self.lr / correction1) * m / (xp.sqrt(v) / root_correction2
+                                                          + self.eps))
+            ms.append(m)
+            vs.append(v)
+        return new, {"t": t, "m": ms, "v": vs}
 
 
 OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
 
 
-def make_optimizer(name: str, params: list[Array], lr: float, weight_decay: float = 0.0,
-                   momentum: float = 0.9, fused_adam: Callable[..., None] | None = None
-                   ) -> SGD | Momentum | Adam:
+def make_optimizer(name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
+                   fused_adam: Callable[..., tuple[Array, Array, Array]] | None = None
+                   ) -> SGD:
     """The optimizer `name`; `fused_adam` (a Tail's adam_update) is used by Adam only."""
     if name == "momentum":
-        return Momentum(params, lr, momentum=momentum, weight_decay=weight_decay)
+        return Momentum(lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
-        return Adam(params, lr, weight_decay=weight_decay, fused_update=fused_adam)
-    return OPTIMIZERS[name](params, lr, weight_decay=weight_decay)
+        return Adam(lr, weight_decay=weight_decay, fused_update=fused_adam)
+    return OPTIMIZERS[name](lr, weight_decay=weight_decay)

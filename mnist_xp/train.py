@@ -19,14 +19,14 @@ import numpy as np
 from tqdm import tqdm
 
 from . import nn
-from .backend import Backend, select_backend
+from .backends import Backend, select_backend
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import Config
 from .data import CLASSES, Dataset
 from .errors import DeviceMemoryError, DivergenceError, Interrupted, UsageError
 from .model import MLP, scale_images
-from .optim import make_optimizer
 from .presets import get_preset
+from .step import Accuracy, TrainStep
 
 
 class DeviceSplit(NamedTuple):
@@ -37,11 +37,14 @@ class DeviceSplit(NamedTuple):
     Y: Any
 
 
-def to_device(backend: Backend, images: np.ndarray, labels: np.ndarray, dtype: str) -> DeviceSplit:
-    X = scale_images(backend, images, dtype)
-    y = backend.asarray(labels.astype(np.int64))
+def to_device(backend: Backend, images: np.ndarray, labels: np.ndarray, dtype: str,
+              chunk_rows: int | None = None) -> DeviceSplit:
+    """A split on the device, computed (persisted on Dask, in chunks of chunk_rows rows)."""
+    X = scale_images(backend, images, dtype, chunk_rows)
+    y = backend.asarray(labels.astype(np.int64), copy=None, chunk_rows=chunk_rows)
     with backend.activate():
-        return DeviceSplit(X, y, nn.one_hot(y, getattr(backend.xp, dtype), CLASSES))
+        Y = nn.one_hot(y, getattr(backend.xp, dtype), CLASSES)
+        return DeviceSplit(*backend.ready((X, y, Y)))
 
 
 @dataclass
@@ -102,18 +105,6 @@ class Batches:
         self.position += self.size
         xp = self.backend.xp
         return DeviceSplit(*(xp.take(a, rows, axis=0) for a in self.split))
-
-
-def _device_accuracy(model: MLP, split: DeviceSplit, chunk_size: int | None) -> float:
-    """Accuracy over a device split, in chunks of rows; one number comes back to the host."""
-    n = split.X.shape[0]
-    step = chunk_size or n
-    hits = 0.0
-    for start in range(0, n, step):
-        rows = slice(start, min(start + step, n))
-        chunk = nn.accuracy(model.logits(split.X[rows, ...]), split.y[rows])
-        hits = hits + chunk * (rows.stop - rows.start)
-    return float(hits) / n
 
 
 def estimated_bytes(config: Config, train_rows: int, test_rows: int, chunk_rows: int) -> int:
@@ -184,11 +175,14 @@ def train(data: Dataset, backend: Backend | None = None, preset: str | Config = 
     if resume is not None and resume.step >= total:
         raise UsageError(f"the checkpoint is already at step {resume.step} of {total}: pass "
                          f"--steps above {resume.step} to train further")
+    backend.check_dtype(config.dtype)
     saving = Saving(checkpoint, checkpoint_every or eval_every, resume, should_stop)
     try:
         return _train(data, backend, config, eval_every, log_every, chunk_size, progress,
                       stop_at_accuracy, saving)
-    except backend.out_of_memory_errors:
+    except Exception as exc:
+        if not backend.is_out_of_memory(exc):
+            raise
         rows = chunk_size or config.batch_size or len(data.train_labels)
         raise _out_of_memory(config, data, rows) from None
 
@@ -210,27 +204,30 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
     resume = saving.resume
     # Divergence is caught from the loss below, so NumPy's overflow warnings would only be noise.
     with backend.activate(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        train_split = to_device(backend, data.train_images, data.train_labels, config.dtype)
-        test_split = to_device(backend, data.test_images, data.test_labels, config.dtype)
+        train_split = to_device(backend, data.train_images, data.train_labels, config.dtype,
+                                chunk_size)
+        test_split = to_device(backend, data.test_images, data.test_labels, config.dtype,
+                               chunk_size)
         model = (MLP.initialise(config, backend) if resume is None else
                  MLP.from_host(config, resume.params, backend))
-        tail = backend.tail
-        optimizer = make_optimizer(config.optimizer, model.params, config.lr,
-                                   config.weight_decay, config.momentum, tail.adam_update)
+        train_step = TrainStep(backend, config, chunk_size)
+        accuracy = Accuracy(backend, config.activation, chunk_size)
         first = 1
-        if resume is not None:
-            for name, arrays in resume.optimizer_state.items():
-                setattr(optimizer, name, [backend.asarray(a) for a in arrays])
-            optimizer.t, first = resume.optimizer_t, resume.step + 1
+        if resume is None:
+            state = train_step.initial_state(model.params)
+        else:
+            state = train_step.initial_state(model.params, resume.optimizer_t,
+                                             resume.optimizer_state)
+            first = resume.step + 1
             history.records, history.final_loss = list(resume.records), resume.final_loss
         batches = Batches(train_split, config, backend, resume.batches if resume else None)
 
         def save(step: int) -> None:
             if saving.path is not None:
-                save_checkpoint(saving.path, model, optimizer, step, batches.state(),
+                save_checkpoint(saving.path, model, state, step, batches.state(),
                                 history.records, history.final_loss)
 
-        backend.synchronize()
+        model.params, state = backend.ready((model.params, state))
         already = history.last.get("seconds", 0.0)
         start = time.perf_counter() - already
         evaluation_seconds = already - history.last.get("train_seconds", 0.0)
@@ -241,19 +238,17 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
                 batch = next(batches)
                 evaluating = step % eval_every == 0 or step == total
                 logging = evaluating or step % log_every == 0  # the loss is read back
-                loss, grads = nn.loss_and_gradients(model.params, batch.X, batch.Y,
-                                                    config.activation, config.output,
-                                                    config.loss, chunk_size, logging, tail)
-                optimizer.step(model.params, grads)
+                model.params, state, loss = train_step(model.params, state, batch.X, batch.Y,
+                                                       with_loss=logging)
                 if logging:
                     history.final_loss = _finite_loss(loss, step, config.lr)
                     bar.set_postfix(loss=f"{history.final_loss:.4f}", refresh=False)
                 if evaluating:
-                    backend.synchronize()
+                    backend.ready(model.params)
                     evaluation_start = time.perf_counter()
                     record = {"step": step, "loss": history.final_loss,
-                              "train_accuracy": _device_accuracy(model, train_split, chunk_size),
-                              "test_accuracy": _device_accuracy(model, test_split, chunk_size)}
+                              "train_accuracy": accuracy(model.params, *train_split[:2]),
+                              "test_accuracy": accuracy(model.params, *test_split[:2])}
                     now = time.perf_counter()
                     record["train_seconds"] = evaluation_start - start - evaluation_seconds
                     record["seconds"] = now - start
@@ -274,7 +269,7 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
                         and record["test_accuracy"] >= stop_at_accuracy):
                     save(step)
                     break
-        backend.synchronize()
+        backend.ready(model.params)
         history.seconds = time.perf_counter() - start
     return model, history
 

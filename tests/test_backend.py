@@ -10,11 +10,20 @@ import pytest
 
 from mnist_xp import Backend, BackendError, UsageError, select_backend
 
-from conftest import make_backend
+from conftest import importorskip, jax_gpu_available, make_backend, torch_cuda_available
 
 
 @pytest.fixture
-def fake_cupy(monkeypatch):
+def fresh_cupy_module():
+    """Our CuPy module imported afresh in the test, against whatever `cupy` it then finds, and
+    forgotten after it, so that no later test meets a module bound to a fake."""
+    sys.modules.pop("mnist_xp.backends.cupy", None)
+    yield
+    sys.modules.pop("mnist_xp.backends.cupy", None)
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch, fresh_cupy_module):
     """A CuPy that imports but finds no driver, as on a machine without a GPU."""
     module = types.ModuleType("cupy")
 
@@ -28,7 +37,7 @@ def fake_cupy(monkeypatch):
 
 
 @pytest.fixture
-def no_cupy(monkeypatch):
+def no_cupy(monkeypatch, fresh_cupy_module):
     monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy -> ImportError
 
 
@@ -73,7 +82,8 @@ def test_raw_numpy_is_wrapped():
     assert backend.xp is not np and "numpy" in backend.name
 
 
-@pytest.mark.parametrize("kind", ["numpy", "strict-cpu", "strict-device1", "torch-cpu"])
+@pytest.mark.parametrize("kind", ["numpy", "strict-CPU_DEVICE", "strict-device1", "torch-cpu",
+                                  "jax-cpu", "dask-cpu"])
 def test_round_trip(kind):
     backend = make_backend(kind)
     host = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -91,3 +101,126 @@ def test_stand_in_gpu_refuses_mixed_devices():
     on_device = backend.asarray(np.ones(3, dtype=np.float32))
     with pytest.raises(ValueError, match="different devices"):
         on_device + xs.ones(3, dtype=xs.float32)
+
+
+@pytest.mark.parametrize("backend,device,message", [
+    ("numpy", "cuda", "NumPy runs on the CPU only"),
+    ("numpy", "cuda:1", "NumPy runs on the CPU only"),
+    ("cupy", "cpu", "CuPy runs on CUDA GPUs only"),
+    ("dask", "cuda", "--backend dask computes NumPy chunks on the CPU"),
+])
+def test_impossible_pairs_say_why(backend, device, message):
+    with pytest.raises(BackendError, match=message):
+        select_backend(device, backend)
+
+
+def test_unknown_backend():
+    with pytest.raises(UsageError, match="unknown backend 'mxnet'"):
+        select_backend("cpu", "mxnet")
+
+
+@pytest.mark.parametrize("library,extra", [("torch", "torch"), ("jax", "jax"), ("dask", "dask")])
+def test_a_missing_library_names_its_extra(monkeypatch, library, extra):
+    monkeypatch.setitem(sys.modules, library, None)  # import library -> ImportError
+    monkeypatch.delitem(sys.modules, f"mnist_xp.backends.{library}", raising=False)
+    with pytest.raises(BackendError, match=rf'--backend {library} needs {library}: pip install '
+                                           rf'"mnist-xp\[{extra}\]"'):
+        select_backend("cpu", library)
+    sys.modules.pop(f"mnist_xp.backends.{library}", None)
+
+
+@pytest.mark.parametrize("kind,cls", [("torch-cpu", "TorchBackend"), ("jax-cpu", "JaxBackend"),
+                                      ("dask-cpu", "DaskBackend")])
+def test_each_library_gets_its_own_backend(kind, cls):
+    backend = make_backend(kind)
+    assert type(backend).__name__ == cls and backend.device_name == "cpu"
+    assert backend.library == kind.split("-")[0] and not backend.on_gpu
+
+
+def test_backend_of_a_bare_namespace_picks_the_library_module():
+    """`Backend(xp, device)` from Python gets the same quirks as select_backend's choice."""
+    jax = importorskip("jax")
+    importorskip("dask")
+    import array_api_compat.dask.array as dask_xp
+
+    assert type(Backend(jax.numpy, jax.devices("cpu")[0])).__name__ == "JaxBackend"
+    dask_backend = Backend(dask_xp)
+    assert type(dask_backend).__name__ == "DaskBackend" and dask_backend.data_is_chunked
+
+
+def test_torch_and_jax_without_a_gpu():
+    """On this GPU-less CI: cuda is refused with the reason, auto falls back and says so."""
+    for library in ("torch", "jax"):
+        importorskip(library)
+        if (library == "torch" and torch_cuda_available()) or (
+                library == "jax" and jax_gpu_available()):
+            continue
+        with pytest.raises(BackendError, match="CPU-only build|sees no CUDA GPU|sees no GPU"):
+            select_backend("cuda:0", library)
+        backend = select_backend("auto", library)
+        assert backend.device_name == "cpu" and backend.note.startswith("auto chose the CPU")
+
+
+def test_a_namespace_missing_a_function_is_refused():
+    import array_api_compat.numpy as compat
+
+    sparse = types.ModuleType("sparselike")
+    for name in dir(compat):
+        if name not in ("arange", "take"):
+            setattr(sparse, name, getattr(compat, name))
+    with pytest.raises(BackendError, match="sparselike lacks arange, take, which the math needs"):
+        Backend(sparse, "cpu")
+
+
+def test_a_device_that_cannot_compute_is_refused_at_once():
+    import array_api_strict as xs
+
+    class Nowhere:
+        def __repr__(self) -> str:
+            return "nowhere"
+
+    with pytest.raises(BackendError, match="array_api_strict cannot compute on nowhere"):
+        Backend(xs, Nowhere())
+
+
+def test_arrays_that_cannot_reach_numpy_are_refused():
+    """A library whose arrays give neither DLPack nor numbers through __array__ (ndonnx's
+    give 0-d object arrays) fails when the Backend is made, not at the first save."""
+    import array_api_compat.numpy as compat
+
+    class Opaque:
+        def __init__(self, value):
+            self.value = value
+
+        def __array__(self, dtype=None, copy=None):
+            return np.array(self.value, dtype=object)
+
+    class OpaqueBackend(Backend):
+        def asarray(self, host, dtype=None, *, copy=True, chunk_rows=None):
+            return host
+
+        def to_numpy(self, array):
+            return super().to_numpy(Opaque(array))
+
+    with pytest.raises(BackendError, match="cannot be copied to NumPy: neither DLPack nor"):
+        OpaqueBackend(compat, "cpu")
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch-cpu", "jax-cpu", "dask-cpu"])
+def test_asarray_copies_so_the_caller_keeps_its_arrays(kind):
+    backend = make_backend(kind)
+    host = np.ones((4, 3), dtype=np.float32)
+    device_array = backend.asarray(host)
+    host[...] = 7.0
+    np.testing.assert_array_equal(backend.to_numpy(device_array), np.ones((4, 3)))
+    read_only = np.ones(3, dtype=np.float32)
+    read_only.flags.writeable = False
+    np.testing.assert_array_equal(backend.to_numpy(backend.asarray(read_only) + 1), [2, 2, 2])
+
+
+def test_ndonnx_where_it_installs():
+    ndonnx = importorskip("ndonnx")
+    backend = Backend(ndonnx)
+    assert type(backend).__name__ == "NdonnxBackend" and backend.device_name == "cpu"
+    host = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(backend.to_numpy(backend.asarray(host)), host)

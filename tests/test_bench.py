@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mnist_xp import Config, bench, bench_report, train
-from mnist_xp.backend import numpy_backend
+from mnist_xp.backends import numpy_backend
 from mnist_xp.cli import main
 from mnist_xp.errors import DeviceMemoryError
 
@@ -40,7 +40,9 @@ def test_a_measured_case_reports_everything(tmp_path, monkeypatch):
     # the traced host memory holds at least the float32 images
     assert case["peak_memory_bytes"] >= 500 * 784 * 4
     assert case["tail"] == "array-api" and case["tf32"] is None
-    cases = [case, dict(case, device="cuda:0", step_ms=case["step_ms"] / 4, tf32=True)]
+    assert case["library"] == "numpy" and not case["compiled"]
+    cases = [case, dict(case, device="cuda:0", library="cupy", step_ms=case["step_ms"] / 4,
+                        tf32=True)]
     bench_report.add_speedups(cases)
     assert cases[1]["speedup_vs_cpu"] == pytest.approx(4.0)
     result = {"rows": 500, "repeats": 2, "warmup": 1, "command": "mnist-xp bench", "cases": cases,
@@ -49,7 +51,7 @@ def test_a_measured_case_reports_everything(tmp_path, monkeypatch):
                                                          "98%": None},
                             "steps_run": 150, "final_test_accuracy": 0.975}]}
     report = bench_report.markdown(result)
-    assert "| cuda:0 | 16 | float32 | on |" in report and "| 4.00 |" in report
+    assert "| cuda:0 | cupy | 16 | float32 | on |" in report and "| 4.00 |" in report
     assert "1.50 s (step 10) | not reached | 150 | 97.50% |" in report
     assert result["machine"]["blas_settings"]["OPENBLAS_CORETYPE"] == "Haswell"
     assert "BLAS settings: " in report and "OPENBLAS_CORETYPE=Haswell" in report
@@ -99,7 +101,7 @@ def test_bench_command_writes_json_and_markdown(tmp_path, capsys):
                  "--repeats", "2", "--warmup", "1", "--no-accuracy", "--no-torch",
                  "--json", str(out_json), "--markdown", str(out_md)]) == 0
     out = capsys.readouterr().out
-    assert "| cpu | 8,8 | float32 |" in out and "GFLOP/s nominal" in out
+    assert "| cpu | numpy | 8,8 | float32 |" in out and "GFLOP/s nominal" in out
     result = json.loads(out_json.read_text())
     assert [c["hidden"] for c in result["cases"]] == [[16], [8, 8]]
     assert result["command"].startswith("mnist-xp bench --device cpu")

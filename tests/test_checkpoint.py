@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mnist_xp import Config, train
-from mnist_xp.backend import numpy_backend
+from mnist_xp.backends import numpy_backend
 from mnist_xp.checkpoint import load_checkpoint
 from mnist_xp.errors import DataError, Interrupted, UsageError
 
@@ -37,10 +37,17 @@ def test_resume_in_the_middle_equals_straight_through(backend_dtype, tiny_data, 
     train(tiny_data, backend, config.replace(steps=7), eval_every=7, checkpoint=path)
     checkpoint = load_checkpoint(path)
     assert checkpoint.step == 7 and checkpoint.optimizer_t == 7
+    host_arrays = checkpoint.params + [a for arrays in checkpoint.optimizer_state.values()
+                                       for a in arrays]
+    kept = [a.copy() for a in host_arrays]
+    for a in host_arrays:  # read-only host arrays must work: the device gets copies
+        a.flags.writeable = False
     resumed, resumed_history = train(tiny_data, backend, config, eval_every=7,
                                      resume=checkpoint, steps=14)
     for got, want in zip(resumed.host_params(), straight.host_params()):
         assert_close(got, want, dtype, scale=10)
+    for a, before in zip(host_arrays, kept):  # training never writes into the caller's arrays
+        np.testing.assert_array_equal(a, before)
     assert [r["step"] for r in resumed_history.records] == [7, 14]
     assert resumed_history.steps == 14
     assert_close(resumed_history.final_loss, history.final_loss, dtype)

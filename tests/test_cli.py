@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mnist_xp import MLP
+from mnist_xp.backends import numpy_backend
 from mnist_xp.cli import main
 
+from conftest import importorskip
 from helpers import idx_images_bytes, kaggle_csv, write
 
 FAST = ["--preset", "relu10", "--steps", "12", "--lr", "0.05", "--quiet"]
@@ -161,3 +164,83 @@ def test_console_script_is_installed():
         pytest.skip("not installed with pip install -e . in this interpreter's environment")
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "train" in result.stdout
+
+
+@pytest.mark.parametrize("library", ["torch", "jax", "dask"])
+def test_every_backend_trains_evaluates_and_resumes_from_the_cli(library, tiny_dir, tiny_data,
+                                                                  tmp_path, capsys):
+    importorskip(library)
+    checkpoint, model = tmp_path / "run.npz", tmp_path / "model.npz"
+    flags = ["--backend", library, "--device", "cpu", "--data-dir", str(tiny_dir)]
+    assert main(["train", *FAST, *flags, "--checkpoint", str(checkpoint)]) == 0
+    out = capsys.readouterr().out
+    assert f"device: {library} " in out and "done: 12 steps" in out
+    assert main(["train", "--resume", str(checkpoint), "--steps", "15", "--quiet", *flags,
+                 "--save", str(model)]) == 0
+    assert "done: 15 steps" in capsys.readouterr().out
+    assert main(["evaluate", "--model", str(model), *flags]) == 0
+    assert "accuracy on mnist test set (120 images)" in capsys.readouterr().out
+    digits = tmp_path / "digits.npy"
+    np.save(digits, tiny_data.test_images[:3].reshape(3, 28, 28))
+    assert main(["predict", "--model", str(model), str(digits), "--json",
+                 "--backend", library, "--device", "cpu"]) == 0
+    predicted = [r["digit"] for r in json.loads(capsys.readouterr().out)]
+    assert predicted == list(MLP.load(model, numpy_backend()).predict(tiny_data.test_images[:3]))
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--backend", "numpy", "--device", "cuda"], "NumPy runs on the CPU only"),
+    (["--backend", "cupy", "--device", "cpu"], "CuPy runs on CUDA GPUs only"),
+    (["--backend", "dask", "--device", "cuda:0"], "--backend dask computes NumPy chunks"),
+])
+def test_impossible_backend_and_device_exit_2(flags, message):
+    result = run_module("train", *FAST, *flags)
+    assert result.returncode == 2 and message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_missing_backend_library_exits_2_naming_the_extra(tmp_path):
+    blocker = tmp_path / "nojax"
+    blocker.mkdir()
+    (blocker / "jax.py").write_text("raise ImportError('No module named jax', name='jax')\n")
+    result = run_module("train", *FAST, "--backend", "jax", env={"PYTHONPATH": str(blocker)})
+    assert result.returncode == 2
+    assert result.stderr.strip() == 'error: --backend jax needs jax: pip install "mnist-xp[jax]"'
+
+
+def test_jax_float64_needs_x64_and_says_so_before_loading_data(tmp_path, capsys):
+    importorskip("jax")
+    import jax
+
+    if jax.config.jax_enable_x64:
+        pytest.skip("x64 is on in this process")
+    code = main(["train", *FAST, "--backend", "jax", "--device", "cpu", "--dtype", "float64",
+                 "--data-dir", str(tmp_path / "absent")])
+    assert code == 2 and "JAX_ENABLE_X64=1" in capsys.readouterr().err
+
+
+def test_info_check_compares_every_installed_backend_with_numpy(capsys):
+    assert main(["info", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "numpy on cpu: the reference" in out
+    for library in ("torch", "jax", "dask"):
+        line = next(line for line in out.splitlines() if line.startswith(f"  {library} on cpu"))
+        assert "agrees (largest difference" in line or "not installed" in line
+    assert "cupy on cuda:" in out
+
+
+def test_info_check_of_a_namespace_that_differs_exits_1(monkeypatch, capsys):
+    """A library whose arithmetic is off is reported with the size of the difference."""
+    from mnist_xp import selfcheck
+
+    real = selfcheck.train
+
+    def off_by_a_little(data, backend, config, **kwargs):
+        model, history = real(data, backend, config, **kwargs)
+        if backend.library == "array_api_strict":
+            model.params = [p * 1.01 for p in model.params]
+        return model, history
+
+    monkeypatch.setattr(selfcheck, "train", off_by_a_little)
+    assert main(["info", "--namespace", "array_api_strict"]) == 1
+    assert "differs by 1.0e-02" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mnist_xp import train
-from mnist_xp.backend import numpy_backend
+from mnist_xp.backends import numpy_backend
 from mnist_xp.cli import main
 from mnist_xp.datasets import load_dataset
 from mnist_xp.images import preprocess

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from mnist_xp import MLP, Config, DataError, DivergenceError, UsageError, evaluate, train
-from mnist_xp.backend import numpy_backend
+from mnist_xp.backends import numpy_backend
 from mnist_xp.data import Dataset
+from mnist_xp.errors import DeviceMemoryError
 from mnist_xp.model import init_params, scale_images
+from mnist_xp.step import TrainStep
 
 from conftest import assert_close, traced_peak
 
@@ -26,16 +28,47 @@ def test_same_seed_same_initial_weights(backend_dtype):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.5), ("momentum", 0.1), ("adam", 1e-3)])
-def test_five_steps_agree_with_numpy(backend_dtype, tiny_data, optimizer, lr):
+# Between them: every activation, both outputs, both losses, every optimizer, full batch and
+# shuffled mini-batches (one with a short last batch), and L2 weight decay.
+AGREEMENT = {
+    "relu-ce-sgd-full": Config(hidden=(32,), optimizer="sgd", lr=0.5),
+    "sigmoid-mse-momentum-mini": Config(hidden=(24,), activation="sigmoid", loss="mse",
+                                        optimizer="momentum", lr=0.5, batch_size=64),
+    "tanh-sigmoid-mse-adam-full": Config(hidden=(16, 8), activation="tanh", output="sigmoid",
+                                         loss="mse", optimizer="adam", lr=3e-3,
+                                         weight_decay=1e-3),
+    "relu-ce-adam-mini": Config(hidden=(16,), optimizer="adam", lr=3e-3, batch_size=50,
+                                weight_decay=1e-4),
+    "tanh-ce-momentum-full": Config(hidden=(20,), activation="tanh", optimizer="momentum",
+                                    lr=0.1),
+}
+
+
+@pytest.mark.parametrize("case", AGREEMENT)
+def test_five_steps_agree_with_numpy(backend_dtype, tiny_data, case):
     backend, dtype = backend_dtype
-    config = Config(hidden=(32,), optimizer=optimizer, lr=lr, dtype=dtype, steps=5)
-    model, history = train(tiny_data, backend, config, eval_every=5)
+    config = AGREEMENT[case].replace(dtype=dtype, steps=5)
+    model, history = train(tiny_data, backend, config, eval_every=5, log_every=1)
     reference, ref_history = train(tiny_data, numpy_backend(), config, eval_every=5)
-    for got, want in zip(model.host_params(), reference.host_params()):
+    for got, want, initial in zip(model.host_params(), reference.host_params(),
+                                  init_params(config)):
         assert got.dtype == np.dtype(dtype)
         assert_close(got, want, dtype, scale=10)
+        assert not np.array_equal(got, initial)  # the update reached the model
     assert_close(history.final_loss, ref_history.final_loss, dtype)
+    assert history.last["test_accuracy"] == ref_history.last["test_accuracy"]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam"])
+def test_one_step_moves_the_weights(backend_dtype, tiny_data, optimizer):
+    """The test that would have caught updates lost on immutable (JAX) and lazy (Dask) arrays:
+    after a single step every weight matrix differs from its initial value."""
+    backend, dtype = backend_dtype
+    config = Config(hidden=(8,), activation="tanh", optimizer=optimizer, lr=0.1, dtype=dtype,
+                    steps=1)  # tanh: no unit is dead at the start, every weight has a gradient
+    model, _ = train(tiny_data, backend, config)
+    for got, initial in zip(model.host_params()[::2], init_params(config)[::2]):
+        assert np.count_nonzero(got != initial) > 0.9 * got.size
 
 
 def test_scaled_images_on_every_backend(backend_dtype):
@@ -97,9 +130,43 @@ def test_chunked_training_is_full_batch_training(tiny_data):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_divergence_stops_with_advice(tiny_data):
+def test_divergence_stops_with_advice(backend_dtype, tiny_data):
+    backend, dtype = backend_dtype
     with pytest.raises(DivergenceError, match="lower the learning rate"):
-        train(tiny_data, numpy_backend(), "relu10", lr=1e30, steps=20, log_every=1)
+        train(tiny_data, backend, "relu10", lr=1e30 if dtype == "float32" else 1e300, steps=6,
+              log_every=1, dtype=dtype)
+
+
+def _out_of_memory(kind: str) -> BaseException:
+    """What each library raises when the device's memory runs out."""
+    if kind.startswith("torch"):
+        import torch
+
+        return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    if kind.startswith("jax"):  # XlaRuntimeError, a RuntimeError
+        return RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2.1GiB")
+    return MemoryError()
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch-cpu", "jax-cpu", "dask-cpu"])
+def test_out_of_memory_on_every_backend(kind, tiny_data, monkeypatch):
+    from conftest import make_backend
+
+    backend = make_backend(kind)
+
+    def exhausted(self, *args, **kwargs):
+        raise _out_of_memory(kind)
+
+    monkeypatch.setattr(TrainStep, "__call__", exhausted)
+    with pytest.raises(DeviceMemoryError, match=r"about \d+\.\d\d GiB .*--chunk-size"):
+        train(tiny_data, backend, "relu10", steps=3)
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(TrainStep, "__call__", broken)
+    with pytest.raises(RuntimeError, match="something else"):  # not mistaken for memory
+        train(tiny_data, backend, "relu10", steps=3)
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -4,13 +4,16 @@ CuPy spends about 20 µs of host time launching each operation, so a full-batch 
 small kernels is host-bound at small hidden sizes. These kernels do the same arithmetic as the
 Array API reference in nn.py and optim.py in fewer launches:
 
-    bias_relu            Z ← max(Z + b, 0)                       1 kernel  (reference: 4)
+    bias_relu            Z ← relu(Z + b)                         1 kernel  (reference: 4)
     relu_backward        dA ← dA·[A > 0]                          1 kernel  (reference: 1, no mask)
     softmax_ce_gradient  dZ = (softmax(Z) - Y) / m, row by row   1 kernel  (reference: 8)
     adam_update          m, v and θ of one parameter              1 kernel  (reference: 10)
 
-The ReLU slope kept for backward is A itself ([A > 0] = [Z + b > 0]), which also saves one
-(m, H) array per hidden layer. This module imports CuPy: only Backend.tail loads it, for CuPy.
+Each returns what it wrote. The ReLU slope kept for backward is A itself ([A > 0] = [Z + b > 0]),
+which also saves one (m, H) array per hidden layer. ReLU keeps NaN as NaN (`s·0` below, as the
+reference's Z·[Z > 0] does), so a diverging run shows NaN on the GPU as on the CPU; a NaN logit
+makes its row's softmax gradient NaN through exp, as in the reference. Only CupyBackend.tail
+imports this module.
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ from typing import Any
 
 import cupy
 
-from .nn import Tail
+from ..nn import Tail
 
 _bias_relu = cupy.ElementwiseKernel(
-    "T b", "T z", "z = max(z + b, (T)0)", "mnist_xp_bias_relu")
+    "T b", "T z", "const T s = z + b; z = s > (T)0 ? s : s * (T)0", "mnist_xp_bias_relu")
 
 _relu_backward = cupy.ElementwiseKernel(
-    "T a", "T da", "if (!(a > (T)0)) da = (T)0", "mnist_xp_relu_backward")
+    "T a", "T da", "da = a > (T)0 ? da : da * (T)0", "mnist_xp_relu_backward")
 
 # One thread per row: the row's max, Σ e^{z - max}, then (e^{z - max}/Σ - y)/m for each class.
 _softmax_ce_gradient = cupy.ElementwiseKernel(
@@ -75,10 +78,14 @@ def softmax_ce_gradient(Z: Any, Y: Any, rows: int) -> Any:
     return dZ
 
 
-def adam_update(p: Any, g: Any, m: Any, v: Any, step_size: float, beta1: float, beta2: float,
-                eps_hat: float, decay: float) -> None:
+def adam_update(p: Any, g: Any, m: Any, v: Any, step_size: Any, beta1: float, beta2: float,
+                eps_hat: Any, decay: float) -> tuple[Any, Any, Any]:
+    """One parameter's Adam update in one kernel, in place in p, m and v, which it returns.
+    step_size and eps_hat are 0-d arrays (they depend on the step count)."""
     t = p.dtype.type
-    _adam_update(g, t(step_size), t(beta1), t(beta2), t(eps_hat), t(decay), p, m, v)
+    step_size, eps_hat = cupy.asarray(step_size, p.dtype), cupy.asarray(eps_hat, p.dtype)
+    _adam_update(g, step_size, t(beta1), t(beta2), eps_hat, t(decay), p, m, v)
+    return p, m, v
 
 
 @cache
