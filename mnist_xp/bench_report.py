@@ -80,6 +80,9 @@ def markdown(result: dict[str, Any]) -> str:
               + f"; NumPy {machine['numpy']} ({machine['blas']})"
               + (f", CuPy {machine['cupy']}" if "cupy" in machine else "")
               + (f", torch {machine['torch']}" if "torch" in machine else "")
+              + "".join(f", {name} {version}" for name, version in
+                        machine.get("libraries", {}).items()
+                        if name not in ("numpy", "cupy", "torch"))
               + f", Python {machine['python']}."]
     settings = machine.get("blas_settings")
     if settings:
@@ -96,16 +99,20 @@ def plot(result: dict[str, Any], path: Path) -> None:
         tf32 = "" if c["tf32"] is None else (", TF32" if c["tf32"] else ", FP32")
         tail = ", fused" if c["tail"] != "array-api" else ""
         series.setdefault(f"{c['device']} {library(c)} {c['dtype']}{tf32}{tail}", []).append(c)
+    hand_written: set[tuple[Any, ...]] = set()  # the torch step, once per device and mode
     for label, cases in series.items():
         cases = sorted(cases, key=lambda c: sum(c["hidden"]))
         units = [sum(c["hidden"]) or 1 for c in cases]
-        times.plot(units, [c["step_ms"] for c in cases], marker="o", label=label)
-        if any(c.get("torch_ms") for c in cases):
+        (line,) = times.plot(units, [c["step_ms"] for c in cases], marker="o", label=label)
+        key = (cases[0]["device"], cases[0]["dtype"], cases[0]["tf32"])
+        if any(c.get("torch_ms") for c in cases) and key not in hand_written:
+            hand_written.add(key)
+            tf32 = "" if key[2] is None else (", TF32" if key[2] else ", FP32")
             times.plot(units, [c.get("torch_ms") for c in cases], marker="x", linestyle="--",
-                       label=f"{label} (torch)")
+                       color="gray", label=f"{key[0]} {key[1]}{tf32}: torch by hand")
         if cases[0]["device"] != "cpu" or library(cases[0]) != "numpy":
             speedups.plot(units, [c.get("speedup_vs_cpu") for c in cases], marker="o",
-                          label=label)
+                          label=label, color=line.get_color())
     times.set(xscale="log", yscale="log", xlabel="hidden units",
               ylabel="ms per full-batch step (60,000 rows)", title="Step time")
     times.legend(fontsize=7)

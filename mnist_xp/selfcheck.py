@@ -84,12 +84,12 @@ def check_installed() -> Iterator[tuple[str, Verdict | str]]:
         try:
             backend = select_backend(device, library)
         except LibraryMissing as exc:
-            yield label, f"not installed ({str(exc).split(': ', 1)[-1]})"
+            yield label, f"not installed: {str(exc).split(': ', 1)[-1]}"
             continue
         except MnistXpError as exc:
-            yield label, f"unavailable ({exc})"
+            yield label, f"unavailable: {exc}"
             continue
         if backend.device_name != device and not backend.device_name.startswith(device):
-            yield label, f"unavailable ({backend.note or 'no such device'})"
+            yield label, f"unavailable: {backend.note or 'no such device'}"
             continue
         yield f"{library} on {backend.device_name}", compare_with_numpy(backend)
