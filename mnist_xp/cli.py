@@ -517,7 +517,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             from .nn import ARRAY_API_TAIL
 
             tails.append(ARRAY_API_TAIL)
-        modes = tf32_modes if backend.on_gpu and args.dtype == "float32" else (False,)
+        modes = (False,)
+        if backend.on_gpu and args.dtype == "float32":
+            modes = tf32_modes if backend.supports_tf32 else (False,)
+            if True in tf32_modes and not backend.supports_tf32:
+                print(f"bench: no TF32 case on {backend.name}: TF32 needs compute capability "
+                      f"8.0 or later")
         torch_device = None if args.no_torch else _torch_device(backend)
         for hidden in args.hidden:
             for tf32 in modes:

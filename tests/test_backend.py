@@ -224,3 +224,87 @@ def test_ndonnx_where_it_installs():
     assert type(backend).__name__ == "NdonnxBackend" and backend.device_name == "cpu"
     host = np.arange(6, dtype=np.float32).reshape(2, 3)
     np.testing.assert_array_equal(backend.to_numpy(backend.asarray(host)), host)
+
+
+class DynamicLibNotFoundError(RuntimeError):
+    """cuda.pathfinder's error when a CUDA library (libnvrtc) is nowhere to be found."""
+
+
+class CUDARuntimeError(RuntimeError):
+    pass
+
+
+@pytest.fixture
+def gpu_whose_first_kernel_fails(monkeypatch, fresh_cupy_module):
+    """A CuPy that sees one GPU, whose first operation on it raises `failure[0]`: as on a
+    machine with only the NVIDIA driver, or a driver too old, or a device gone."""
+    import array_api_compat
+    import array_api_compat.numpy as compat
+
+    failure: list[BaseException] = []
+
+    class Device:
+        id, compute_capability = 0, "90"
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def synchronize(self):
+            pass
+
+    cupy = types.ModuleType("cupy")
+    cupy.__version__ = "14.2.0"
+    cupy.is_available = lambda: True
+    cupy.cuda = types.SimpleNamespace(
+        Device=lambda index=0: Device(), memory=types.SimpleNamespace(OutOfMemoryError=MemoryError),
+        runtime=types.SimpleNamespace(
+            getDeviceCount=lambda: 1,
+            getDeviceProperties=lambda i: {"name": b"Fake H100", "totalGlobalMem": 80 * 2**30}))
+    namespace = types.ModuleType("array_api_compat.cupy")
+    for name in dir(compat):
+        setattr(namespace, name, getattr(compat, name))
+
+    def first_kernel(*args, **kwargs):
+        raise failure[0]
+
+    namespace.asarray = first_kernel
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "array_api_compat.cupy", namespace)
+    monkeypatch.setattr(array_api_compat, "cupy", namespace, raising=False)
+    return failure
+
+
+@pytest.mark.parametrize("error,hint", [
+    (RuntimeError("Failed to find CUDA headers (CUDA_PATH is not set)"),
+     'pip install "mnist-xp[cuda12]"'),
+    (DynamicLibNotFoundError('Failure finding "libnvrtc.so"'), 'pip install "mnist-xp[cuda12]"'),
+    (CUDARuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient for "
+                      "CUDA runtime version"), "CUDA 12 needs driver 525 or later"),
+    (CUDARuntimeError("cudaErrorNoDevice: no CUDA-capable device is detected"),
+     "CUDA_VISIBLE_DEVICES"),
+])
+def test_a_gpu_whose_first_kernel_fails_is_refused_with_the_fix(gpu_whose_first_kernel_fails,
+                                                                 error, hint):
+    gpu_whose_first_kernel_fails.append(error)
+    with pytest.raises(BackendError) as refused:
+        select_backend("cuda", "cupy")
+    message = str(refused.value)
+    assert message.startswith(f"cupy cannot compute on cuda:0: {type(error).__name__}: ")
+    assert hint in message and "\n" not in message
+    fallback = select_backend("auto")  # --device auto: the CPU, saying why
+    assert fallback.library == "numpy" and fallback.note.startswith("auto chose the CPU: cupy")
+    assert hint in fallback.note
+
+
+def test_gpu_out_of_memory_in_every_form():
+    """CuPy's pool, cuBLAS's workspace and the CUDA runtime each report it their own way."""
+    cupy_module = importorskip("cupy")
+    from mnist_xp.backends.cupy import is_out_of_memory
+
+    assert is_out_of_memory(cupy_module.cuda.memory.OutOfMemoryError(2**31, 2**30, 2**29))
+    assert is_out_of_memory(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED"))
+    assert is_out_of_memory(RuntimeError("cudaErrorMemoryAllocation: out of memory"))
+    assert not is_out_of_memory(RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED"))

@@ -10,7 +10,7 @@ from array_api_compat import array_namespace
 from mnist_xp import nn
 from mnist_xp.optim import Adam
 
-from conftest import GPU, assert_close, compiled, make_backend
+from conftest import GPU, assert_close, compiled, cupy_available, make_backend
 from test_nn import small_problem
 
 
@@ -119,3 +119,54 @@ def test_cupy_fused_step_equals_the_array_api_step(cupy_dtype):
     for got, want in zip(_adam_steps(backend, dtype, cupy_tail().adam_update),
                          _adam_steps(backend, dtype, None)):
         assert_close(got, want, dtype, scale=10)
+
+
+def test_cupy_fused_step_in_chunks_equals_the_array_api_step(cupy_dtype):
+    from mnist_xp.backends.cupy_kernels import cupy_tail
+
+    backend, dtype = cupy_dtype
+    for got, want in zip(_gradients(backend, dtype, cupy_tail(), chunk_size=8),
+                         _gradients(backend, dtype, nn.ARRAY_API_TAIL)):
+        assert_close(got, want, dtype)
+
+
+def test_cupy_fused_kernels_keep_nan_where_the_reference_does(cupy_dtype):
+    """Divergence must look the same on the GPU: NaN through ReLU, its backward and softmax."""
+    from mnist_xp.backends.cupy_kernels import cupy_tail
+
+    backend, dtype = cupy_dtype
+    fused = cupy_tail()
+    Z = np.array([[np.nan, -1.0, 2.0], [np.inf, -np.inf, 0.5]], dtype=dtype)
+    b = np.array([0.0, 0.0, np.nan], dtype=dtype)
+    A, slope = fused.bias_relu(backend.asarray(Z.copy()), backend.asarray(b))
+    want_A, want_slope = nn.bias_relu(Z.copy(), b)
+    np.testing.assert_array_equal(backend.to_numpy(A), want_A)  # NaN where the reference has it
+    dA = np.array([[1.0, np.nan, 3.0], [np.nan, 1.0, 1.0]], dtype=dtype)
+    got = fused.relu_backward(backend.asarray(dA.copy()), slope)
+    np.testing.assert_array_equal(np.isnan(backend.to_numpy(got)), np.isnan(dA * want_slope))
+    logits = np.zeros((2, 10), dtype=dtype)
+    logits[0, 3] = np.nan
+    Y = np.eye(10, dtype=dtype)[[1, 2]]
+    got = backend.to_numpy(fused.softmax_ce_gradient(backend.asarray(logits),
+                                                     backend.asarray(Y), 2))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(nn.softmax_ce_gradient(logits, Y, 2)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not cupy_available(), reason="no CUDA GPU for CuPy")
+def test_a_pool_limit_gives_the_out_of_memory_message(tiny_data):
+    import cupy
+
+    from mnist_xp import train
+    from mnist_xp.errors import DeviceMemoryError
+
+    backend = make_backend("cupy-cuda")
+    pool = cupy.get_default_memory_pool()
+    with backend.activate():
+        pool.free_all_blocks()
+        pool.set_limit(size=256 * 1024)  # far less than the 240-image training set
+        try:
+            with pytest.raises(DeviceMemoryError, match=r"--chunk-size \d+"):
+                train(tiny_data, backend, "best", steps=2)
+        finally:
+            pool.set_limit(size=0)

@@ -106,8 +106,8 @@ class Backend:
         except BackendError:
             raise
         except Exception as exc:
-            raise BackendError(f"{self.library} cannot compute on {self.device}: "
-                               f"{first_line(exc)}") from None
+            raise BackendError(f"{self.library} cannot compute on {self.device_name}: "
+                               f"{type(exc).__name__}: {first_line(exc)}") from None
         if result.shape != (1, 1) or result[0, 0] != 6.0:
             raise BackendError(f"{self.library} on {self.device} computed {result!r} for "
                                f"[1, -2]·[1, -2]ᵀ + 1, not [[6.0]]")
@@ -123,6 +123,11 @@ class Backend:
 
     @property
     def on_gpu(self) -> bool:
+        return False
+
+    @property
+    def supports_tf32(self) -> bool:
+        """Whether float32 products can run on TF32 tensor cores here."""
         return False
 
     @property

@@ -14,9 +14,50 @@ import numpy as np
 from ..errors import BackendError
 from .base import Backend
 
+INSTALL_HINT = ('pip install "mnist-xp[cuda12]" (or "mnist-xp[cuda13]") installs CuPy with '
+                'the CUDA libraries, headers and NVRTC it compiles its kernels with')
+# What a failed first kernel means, by a piece of CuPy's or CUDA's message, and what to do.
+FAILURE_HINTS = (
+    ("headers", INSTALL_HINT),
+    ("nvrtc", INSTALL_HINT),
+    ("DynamicLibNotFound", INSTALL_HINT),
+    ("InsufficientDriver", "no NVIDIA driver, or one older than this CUDA needs: CUDA 12 needs "
+                           "driver 525 or later, CUDA 13 driver 580 or later"),
+    ("NoDevice", "no CUDA device is visible (check CUDA_VISIBLE_DEVICES)"),
+)
+# Out-of-memory as CuPy's pool, cuBLAS and the CUDA runtime each report it.
+OUT_OF_MEMORY = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "cudaErrorMemoryAllocation")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether exc means that the GPU ran out of memory: CuPy's OutOfMemoryError, or a cuBLAS
+    or CUDA runtime allocation failure, which CuPy raises as their own error types."""
+    return isinstance(exc, (cupy.cuda.memory.OutOfMemoryError, MemoryError)) or any(
+        marker in str(exc) for marker in OUT_OF_MEMORY)
+
+
+def failure_hint(message: str) -> str:
+    """The advice for a CUDA failure's message, or ''."""
+    return next((hint for marker, hint in FAILURE_HINTS if marker.lower() in message.lower()),
+                "")
+
 
 class CupyBackend(Backend):
     """CuPy on CUDA device `device` (a cupy.cuda.Device)."""
+
+    def _prove(self) -> None:
+        """A first kernel (NVRTC, the CUDA headers) and a cuBLAS product, copied back: any
+        CUDA failure becomes one BackendError here, with what to do about it."""
+        try:
+            super()._prove()
+        except BackendError as exc:
+            hint = failure_hint(str(exc))
+            raise BackendError(f"{exc}: {hint}" if hint else str(exc)) from None
+
+    @property
+    def supports_tf32(self) -> bool:
+        """TF32 tensor cores: compute capability 8.0 (Ampere) or later."""
+        return int(self.device.compute_capability) >= 80
 
     @property
     def device_name(self) -> str:
@@ -107,7 +148,7 @@ class CupyBackend(Backend):
                 peak[0] = highest[0] - before
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
-        return isinstance(exc, (cupy.cuda.memory.OutOfMemoryError, MemoryError))
+        return is_out_of_memory(exc)
 
 
 def select(kind: str, index: int | None) -> Backend:
@@ -116,7 +157,9 @@ def select(kind: str, index: int | None) -> Backend:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no driver, driver too old, no device node, ...
-        raise BackendError(f"CuPy found no usable CUDA GPU: {exc}") from None
+        hint = failure_hint(str(exc))
+        raise BackendError(f"CuPy found no usable CUDA GPU: {exc}"
+                           + (f": {hint}" if hint else "")) from None
     if count == 0 or not cupy.is_available():
         raise BackendError("CuPy found no usable CUDA GPU (0 devices visible)")
     if index >= count:

@@ -59,6 +59,21 @@ _adam_update = cupy.ElementwiseKernel(
     """,
     "mnist_xp_adam_update")
 
+# Every call this module makes, for tests/test_cupy_kernels_compile.py, which compiles each
+# kernel with NVRTC as CuPy would for these calls, without a GPU: {name: (kernel, [call, ...])}.
+# In a call's "args", a tuple is a C-contiguous device array of the float dtype T by its shape in
+# named dimensions (() is 0-d), a string a host scalar's dtype ("T": the float dtype); "size"
+# names the dimension given as size=.
+KERNELS = {
+    "bias_relu": (_bias_relu, [{"args": (("H",), ("m", "H"))}]),  # b, Z
+    "relu_backward": (_relu_backward, [{"args": (("m", "H"), ("m", "H"))}]),  # A, dA
+    "softmax_ce_gradient": (_softmax_ce_gradient, [  # Z, Y, classes, inv_m, dZ
+        {"args": (("m", "C"), ("m", "C"), "int64", "T", ("m", "C")), "size": "m"}]),
+    "adam_update": (_adam_update, [  # g, step_size, beta1, beta2, eps_hat, decay, p, m, v
+        {"args": (("i", "o"), (), "T", "T", (), "T", ("i", "o"), ("i", "o"), ("i", "o"))},
+        {"args": (("o",), (), "T", "T", (), "T", ("o",), ("o",), ("o",))}]),  # a bias
+}
+
 
 def bias_relu(Z: Any, b: Any) -> tuple[Any, Any]:
     _bias_relu(b, Z)

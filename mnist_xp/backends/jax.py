@@ -36,6 +36,11 @@ class JaxBackend(Backend):
         return self.device.platform == "gpu"
 
     @property
+    def supports_tf32(self) -> bool:
+        capability = getattr(self.device, "compute_capability", "0")
+        return self.on_gpu and float(capability) >= 8.0
+
+    @property
     def hardware(self) -> str:
         return self.device.device_kind if self.on_gpu else ""
 

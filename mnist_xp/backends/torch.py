@@ -27,6 +27,10 @@ class TorchBackend(Backend):
         return torch.device(self.device).type == "cuda"
 
     @property
+    def supports_tf32(self) -> bool:
+        return self.on_gpu and torch.cuda.get_device_capability(self.device) >= (8, 0)
+
+    @property
     def hardware(self) -> str:
         return torch.cuda.get_device_name(self.device) if self.on_gpu else ""
 
