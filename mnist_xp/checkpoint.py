@@ -31,6 +31,7 @@ class Checkpoint:
     batches: dict[str, Any] = field(default_factory=dict)
     records: list[dict[str, float]] = field(default_factory=list)
     final_loss: float = float("nan")
+    dataset: str | None = None
 
 
 def save_checkpoint(path: Path, model: MLP, optimizer_state: dict[str, Any], step: int,
@@ -50,7 +51,8 @@ def save_checkpoint(path: Path, model: MLP, optimizer_state: dict[str, Any], ste
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read and check a checkpoint: the model checks (version, shapes, dtypes, no pickle),
     then the optimizer state's names, shapes and dtypes and the bookkeeping fields."""
-    config, params, meta, arrays = read_model_file(path)
+    saved = read_model_file(path)
+    config, params, meta, arrays = saved
     if meta.get("kind") != "checkpoint":
         raise DataError(f"{path}: a saved model, not a checkpoint (no optimizer state to "
                         f"resume from); train with --checkpoint FILE to write one")
@@ -72,4 +74,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise DataError(f"{path}: bad checkpoint bookkeeping ({exc})") from None
     if step < 0 or t < 0:
         raise DataError(f"{path}: bad checkpoint step {step}")
-    return Checkpoint(config, params, step, t, state, batches, records, final_loss)
+    return Checkpoint(config, params, step, t, state, batches, records, final_loss,
+                      saved.dataset)

@@ -10,7 +10,6 @@ import contextlib
 import importlib.metadata
 import json
 import math
-import os
 import platform
 import shlex
 import signal
@@ -19,24 +18,24 @@ import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from . import __version__
 from .backends import LIBRARIES, Backend, select_backend
-from .checkpoint import load_checkpoint
-from .config import DTYPES
-from .data import read_kaggle_csv
-from .datasets import DATASETS, load_dataset
-from .errors import MnistXpError, UsageError
-from .files import atomic_write
+from .checkpoint import Checkpoint, load_checkpoint
+from .config import DTYPES, Config, resolve, resumed
+from .data import Dataset, read_kaggle_csv
+from .datasets import DATASETS, load_dataset, train_rows
+from .errors import Interrupted, MnistXpError, UsageError
+from .files import atomic_write, check_output, write_or_keep
 from .model import MLP, read_model_file
 from .nn import HIDDEN_ACTIVATIONS, LOSSES, OUTPUTS
 from .optim import OPTIMIZERS
 from .plotting import pyplot
-from .presets import PRESETS
-from .train import evaluate, resolve_config, train
+from .presets import PRESETS, get_preset
+from .train import evaluate, train
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -67,12 +66,15 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
                              " numpy, cupy, torch, jax (jitted) or dask")
 
 
-def _add_data(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="mnist", choices=sorted(DATASETS))
+def _add_data(parser: argparse.ArgumentParser, default: str = "mnist") -> None:
+    parser.add_argument("--dataset", choices=sorted(DATASETS), help=f"(default: {default})")
     parser.add_argument("--data-dir", type=Path, metavar="DIR",
                         help="read the four IDX files from this folder, no network "
                              "(default: $MNIST_XP_DATA_DIR or ~/.cache/mnist-xp, downloading "
                              "on first use)")
+
+
+FROM_PRESET = "default: the preset's"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,25 +84,34 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("train", help="train a network and report test accuracy")
-    run.add_argument("--preset", default="best", choices=list(PRESETS),
-                     help="starting configuration; the flags below override it (default: best)")
+    run.add_argument("--preset", choices=list(PRESETS),
+                     help="starting configuration (default: best, about 4 minutes on a 2-core "
+                          "CPU); every flag below without a default of its own overrides one "
+                          "of its settings")
     run.add_argument("--hidden", type=_hidden, metavar="SIZES",
-                     help="hidden layer sizes, e.g. 256,128, or none")
-    run.add_argument("--activation", choices=HIDDEN_ACTIVATIONS)
-    run.add_argument("--output", choices=OUTPUTS)
-    run.add_argument("--loss", choices=LOSSES, help="ce (cross-entropy) or mse")
-    run.add_argument("--optimizer", choices=list(OPTIMIZERS))
-    run.add_argument("--lr", type=float, help="learning rate")
-    run.add_argument("--momentum", type=float, help="momentum coefficient (--optimizer momentum)")
-    run.add_argument("--weight-decay", type=float, help="L2 penalty on the weight matrices")
-    run.add_argument("--steps", type=int, help="optimizer steps")
-    run.add_argument("--epochs", type=int, help="epochs, with --batch-size N")
+                     help=f"hidden layer sizes, e.g. 256,128, or none ({FROM_PRESET})")
+    run.add_argument("--activation", choices=HIDDEN_ACTIVATIONS, help=FROM_PRESET)
+    run.add_argument("--output", choices=OUTPUTS, help=FROM_PRESET)
+    run.add_argument("--loss", choices=LOSSES, help=f"ce (cross-entropy) or mse ({FROM_PRESET})")
+    run.add_argument("--optimizer", choices=list(OPTIMIZERS), help=FROM_PRESET)
+    run.add_argument("--lr", type=float, help=f"learning rate ({FROM_PRESET})")
+    run.add_argument("--momentum", type=float,
+                     help="momentum coefficient, with --optimizer momentum (default: 0.9)")
+    run.add_argument("--weight-decay", type=float,
+                     help=f"L2 penalty on the weight matrices ({FROM_PRESET})")
+    run.add_argument("--steps", type=int,
+                     help="optimizer steps; on a preset counted in epochs, the run's length "
+                          f"in steps instead ({FROM_PRESET})")
+    run.add_argument("--epochs", type=int,
+                     help=f"passes over the shuffled mini-batches, with --batch-size N "
+                          f"({FROM_PRESET})")
     run.add_argument("--batch-size", type=_batch_size, metavar="full|N",
-                     help="'full' (every training image each step) or N for shuffled mini-batches")
-    run.add_argument("--seed", type=int)
-    run.add_argument("--dtype", choices=DTYPES)
+                     help="'full' (every training image each step) or N for shuffled "
+                          f"mini-batches ({FROM_PRESET})")
+    run.add_argument("--seed", type=int, help=FROM_PRESET)
+    run.add_argument("--dtype", choices=DTYPES, help=FROM_PRESET)
     _add_device(run)
-    _add_data(run)
+    _add_data(run, "mnist, or the checkpoint's with --resume")
     run.add_argument("--eval-every", type=int, metavar="K",
                      help="evaluate train and test accuracy every K steps (default: steps/10)")
     run.add_argument("--log-every", type=int, default=10, metavar="K",
@@ -116,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpoint-every", type=int, metavar="K",
                      help="checkpoint every K steps (default: at every evaluation)")
     run.add_argument("--resume", type=Path, metavar="FILE.npz",
-                     help="continue the run saved in this checkpoint (--steps may extend it)")
+                     help="continue the run saved in this checkpoint: flags may repeat its "
+                          "settings, and --steps or --epochs extend it")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_train)
 
@@ -125,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--csv", type=Path, metavar="FILE",
                        help="a labelled Kaggle CSV (label,pixel0,...) instead of the test set")
     _add_device(check)
-    _add_data(check)
+    _add_data(check, "the one the model was trained on")
     check.set_defaults(func=cmd_evaluate)
 
     guess = commands.add_parser(
@@ -149,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     pictures.add_argument("--out", type=Path, required=True, metavar="DIR",
                           help="folder for the PNGs and report.md (created if missing)")
     _add_device(pictures)
-    _add_data(pictures)
+    _add_data(pictures, "the one the model was trained on")
     pictures.set_defaults(func=cmd_report)
 
     info = commands.add_parser("info", help="library versions and the CUDA devices CuPy sees")
@@ -203,94 +215,171 @@ def _backend(args: argparse.Namespace) -> Backend:
     return backend
 
 
-def _check_writable(path: Path | None, flag: str) -> None:
-    """Fail before training, not after, when an output cannot be written."""
-    if path is None:
-        return
-    folder = path.parent
-    if not folder.is_dir():
-        raise UsageError(f"{flag} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UsageError(f"{flag} {path}: folder {folder} is not writable")
-
-
 def _write_json(path: Path, value: Any) -> None:
     text = json.dumps(value, indent=2) + "\n"
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
+class _Abort(BaseException):
+    """A second Ctrl-C or SIGTERM: stop at once, without the checkpoint."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
 @contextlib.contextmanager
-def _stop_on_sigint() -> Iterator[Callable[[], bool]]:
-    """The first Ctrl-C asks training to stop after the current step (it then checkpoints and
-    exits 130); a second one interrupts at once."""
-    requested = threading.Event()
+def _stop_on_signals() -> Iterator[Callable[[], str | None]]:
+    """The first Ctrl-C (SIGINT) or SIGTERM (what `timeout`, Slurm, Kubernetes and `docker
+    stop` send) asks training to stop after the current step; it then writes the checkpoint
+    and the command exits 128 + the signal's number (130, 143). A second one stops at once.
+    Yields a function naming the signal that asked ("Ctrl-C", "SIGTERM"), or None."""
+    requested: list[int] = []
 
     def handler(signum: int, frame: Any) -> None:
-        if requested.is_set():
-            raise KeyboardInterrupt
-        requested.set()
-        print("\nstopping after this step (Ctrl-C again to abort at once)", file=sys.stderr)
+        if requested:
+            raise _Abort(signum)
+        requested.append(signum)
+        name = _signal_name(signum)
+        print(f"\n{name}: stopping after this step ({name} again to stop at once)",
+              file=sys.stderr)
+
+    def asked() -> str | None:
+        return _signal_name(requested[0]) if requested else None
 
     if threading.current_thread() is not threading.main_thread():
-        yield requested.is_set
+        yield asked
         return
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield requested.is_set
+        yield asked
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, action in previous.items():
+            signal.signal(s, action)
+
+
+# The Config fields the train command takes as flags (batch size is parsed on its own).
+CONFIG_FLAGS = ("hidden", "activation", "output", "loss", "optimizer", "lr", "momentum",
+                "weight_decay", "steps", "epochs", "seed", "dtype")
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The Config fields set on the command line."""
+    given = {name: getattr(args, name) for name in CONFIG_FLAGS
+             if getattr(args, name) is not None}
+    if args.batch_size is not None:
+        given["batch_size"] = None if args.batch_size == "full" else args.batch_size
+    return given
+
+
+def _check_run_flags(args: argparse.Namespace) -> None:
+    """The flags that need no file: refused one by one, before anything is read."""
+    for flag, value in (("--eval-every", args.eval_every), ("--log-every", args.log_every),
+                        ("--chunk-size", args.chunk_size),
+                        ("--checkpoint-every", args.checkpoint_every)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value}: must be at least 1")
+    if args.checkpoint_every is not None and args.checkpoint is None:
+        raise UsageError("--checkpoint-every needs --checkpoint FILE.npz")
+    check_output(args.save, "--save", "model.npz")
+    check_output(args.metrics_out, "--metrics-out", "metrics.json")
+    check_output(args.checkpoint, "--checkpoint", "checkpoint.npz")
+
+
+def _run_config(args: argparse.Namespace) -> tuple[Config, Checkpoint | None, str]:
+    """The run's configuration, the checkpoint it resumes (or None) and the dataset."""
+    given = _given(args)
+    if args.resume is None:
+        config = resolve(get_preset(args.preset or "best"), given)
+        return config, None, args.dataset or "mnist"
+    checkpoint = load_checkpoint(args.resume)
+    preset = get_preset(args.preset) if args.preset else None
+    config = resumed(checkpoint.config, given, preset)
+    dataset = checkpoint.dataset or args.dataset or "mnist"
+    if args.dataset not in (None, dataset):
+        raise UsageError(f"--dataset {args.dataset}: the checkpoint's run trains on {dataset}")
+    return config, checkpoint, dataset
+
+
+def _pace(seconds: float, steps_left: int) -> None:
+    total = seconds * steps_left
+    each = f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+    left = f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s"
+    print(f"pace: {each} per step here; the {steps_left} steps left take about {left}, "
+          f"evaluations not counted", flush=True)
+
+
+def _keep(path: Path, flag: str, write: Callable[[BinaryIO], object]) -> str | None:
+    """Write an output of a finished run; when that fails, say where it was kept instead."""
+    try:
+        kept = write_or_keep(path, write)
+    except OSError as exc:
+        return f"{flag} {path}: {exc.strerror or exc}, and it could not be kept anywhere"
+    if kept is None:
+        return None
+    return f"{flag} {path} could not be written; it was kept at {kept}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    overrides = {name: getattr(args, name) for name in (
-        "hidden", "activation", "output", "loss", "optimizer", "lr", "momentum", "weight_decay",
-        "steps", "epochs", "seed", "dtype")}
-    resume = None
-    if args.resume:
-        resume = load_checkpoint(args.resume)
-        overrides["batch_size"] = args.batch_size  # train() refuses config flags but steps
-        config = resolve_config(resume.config, {k: overrides[k] for k in ("steps", "epochs")})
-        print(f"resuming {args.resume} at step {resume.step}: {config.describe()}")
+    _check_run_flags(args)
+    config, checkpoint, dataset = _run_config(args)
+    rows = train_rows(dataset, args.data_dir)
+    total = config.total_steps(rows)  # a batch larger than the training set is refused here
+    if checkpoint is not None:
+        if checkpoint.step >= total:
+            raise UsageError(f"the checkpoint is already at step {checkpoint.step} of {total}: "
+                             f"pass --steps above {checkpoint.step} to train further")
+        print(f"resuming {args.resume} at step {checkpoint.step}: {config.describe()}")
     else:
-        config = resolve_config(args.preset, overrides)
-        if args.batch_size is not None:
-            config = config.replace(batch_size=None if args.batch_size == "full"
-                                    else args.batch_size)
-        print(f"preset {args.preset}: {config.describe()}, seed {config.seed}")
-    _check_writable(args.save, "--save")
-    _check_writable(args.metrics_out, "--metrics-out")
-    _check_writable(args.checkpoint, "--checkpoint")
-    if args.checkpoint_every is not None and args.checkpoint is None:
-        raise UsageError("--checkpoint-every needs --checkpoint FILE.npz")
+        print(f"preset {args.preset or 'best'}: {config.describe()}, seed {config.seed}")
     backend = _backend(args)
     backend.check_dtype(config.dtype)
-    data = load_dataset(args.dataset, args.data_dir, progress=not args.quiet)
+    data = load_dataset(dataset, args.data_dir, progress=not args.quiet)
     print(f"data: {data.name}, train {data.train_images.shape} test {data.test_images.shape} "
           f"uint8 -> {config.dtype} in [0, 1]")
-    with _stop_on_sigint() as stop_requested:
-        model, history = train(
-            data, backend, config, eval_every=args.eval_every, log_every=args.log_every,
-            chunk_size=args.chunk_size, progress=not args.quiet, checkpoint=args.checkpoint,
-            checkpoint_every=args.checkpoint_every, resume=resume, should_stop=stop_requested,
-            **({k: v for k, v in overrides.items() if v is not None} if resume else {}))
+    with _stop_on_signals() as stop_requested:
+        try:
+            model, history = train(
+                data, backend, config, eval_every=args.eval_every, log_every=args.log_every,
+                chunk_size=args.chunk_size, progress=not args.quiet, checkpoint=args.checkpoint,
+                checkpoint_every=args.checkpoint_every, resume=checkpoint,
+                should_stop=stop_requested, on_pace=_pace)
+        except Interrupted as exc:
+            signum = signal.SIGTERM if stop_requested() == "SIGTERM" else signal.SIGINT
+            raise Interrupted(str(exc), 128 + signum) from None
     last = history.last
-    rate = history.steps / history.seconds if history.seconds > 0 else math.inf
-    print(f"done: {history.steps} steps in {history.seconds:.1f} s ({rate:.1f} steps/s); "
-          f"train accuracy {last['train_accuracy']:.2%}, test accuracy "
+    rate = history.steps_here / history.seconds_here if history.seconds_here > 0 else math.inf
+    here = "" if history.first_step == 1 else f", {history.steps_here} of them in this run,"
+    print(f"done: {history.steps} steps{here} in {history.seconds_here:.1f} s ({rate:.1f} "
+          f"steps/s); train accuracy {last['train_accuracy']:.2%}, test accuracy "
           f"{last['test_accuracy']:.2%}, final loss {history.final_loss:.4f}")
+    problems = []
     if args.save:
-        model.save(args.save, extra={"history": history.records})
-        print(f"saved model to {args.save}")
+        problem = _keep(args.save, "--save", model.npz_writer(extra={"history": history.records}))
+        problems.append(problem)
+        if problem is None:
+            print(f"saved model to {args.save}")
     if args.metrics_out:
-        _write_json(args.metrics_out, {
+        text = json.dumps({
             "preset": args.preset, "config": config.to_dict(), "dataset": data.name,
             "backend": backend.library, "device": backend.device_name, "device_name": backend.name,
-            "dtype": config.dtype, "steps": history.steps,
+            "dtype": config.dtype, "steps": history.steps, "steps_this_run": history.steps_here,
             "batch_size": config.batch_size or "full", "seconds": history.seconds,
-            "steps_per_second": rate, "train_accuracy": last["train_accuracy"],
-            "test_accuracy": last["test_accuracy"], "final_loss": history.final_loss,
-            "history": history.records, "mnist_xp_version": __version__})
-        print(f"wrote metrics to {args.metrics_out}")
+            "seconds_this_run": history.seconds_here, "steps_per_second": rate,
+            "train_accuracy": last["train_accuracy"], "test_accuracy": last["test_accuracy"],
+            "final_loss": history.final_loss, "history": history.records,
+            "mnist_xp_version": __version__}, indent=2) + "\n"
+        problem = _keep(args.metrics_out, "--metrics-out", lambda h: h.write(text.encode()))
+        problems.append(problem)
+        if problem is None:
+            print(f"wrote metrics to {args.metrics_out}")
+    problems = [p for p in problems if p]
+    if problems:
+        raise MnistXpError("; ".join(problems))
     return 0
 
 
@@ -302,18 +391,33 @@ def format_confusion(confusion: np.ndarray) -> str:
     return "\n".join(lines)
 
 
+def _test_split(args: argparse.Namespace, model: MLP) -> Dataset:
+    """The test split of the dataset the model was trained on (or --dataset, with a warning
+    when it is another): the training files are not read."""
+    dataset = args.dataset or model.dataset or "mnist"
+    if model.dataset not in (None, dataset):
+        warnings.warn(f"{args.model} was trained on {model.dataset}; using {dataset}, as "
+                      f"--dataset asks", stacklevel=2)
+    return load_dataset(dataset, args.data_dir, test_only=True)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.csv is not None and (args.dataset or args.data_dir):
+        raise UsageError("--csv evaluates the CSV's own images: --dataset and --data-dir are "
+                         "not used with it")
     backend = _backend(args)
     model = MLP.load(args.model, backend)
-    print(f"model: {args.model}: {model.config.describe()}")
+    print(f"model: {args.model}: {model.config.describe()}, trained on "
+          f"{model.dataset or 'an unrecorded dataset'}")
     if args.csv is not None:
         images, labels = read_kaggle_csv(args.csv)
         if labels is None:
-            raise UsageError(f"{args.csv} has no label column: it can be predicted on "
-                             "(model.predict) but not evaluated")
+            raise UsageError(f"{args.csv} has no label column, so there is nothing to score: "
+                             f"mnist-xp predict --model {args.model} {args.csv} predicts its "
+                             f"images (as Kaggle's submission)")
         source = str(args.csv)
     else:
-        data = load_dataset(args.dataset, args.data_dir)
+        data = _test_split(args, model)
         images, labels, source = data.test_images, data.test_labels, f"{data.name} test set"
     result = evaluate(model, images, labels)
     print(f"accuracy on {source} ({len(labels)} images): {result.accuracy:.2%}")
@@ -326,6 +430,13 @@ def _top3(probabilities: np.ndarray) -> list[tuple[int, float]]:
     return [(int(k), float(probabilities[k])) for k in order]
 
 
+def _pillow(flag: str) -> None:
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise UsageError(f'{flag} needs Pillow: pip install "mnist-xp[image]"') from None
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .images import read_digits
 
@@ -334,20 +445,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError("a Kaggle CSV is predicted on its own: pass one .csv and nothing else")
     if args.submission and not csvs:
         raise UsageError("--submission is for a Kaggle CSV input")
-    _check_writable(args.submission, "--submission")
+    check_output(args.submission, "--submission", "submission.csv")
+    pictures = [p for p in args.inputs if p.suffix.lower() not in (".csv", ".npy")]
+    if pictures:
+        _pillow(f"reading {pictures[0]}")
     if args.show_preprocessed is not None:
-        args.show_preprocessed.mkdir(parents=True, exist_ok=True)
+        _pillow("--show-preprocessed")
+        if args.show_preprocessed.exists() and not args.show_preprocessed.is_dir():
+            raise UsageError(f"--show-preprocessed {args.show_preprocessed}: not a folder")
     backend = select_backend(args.device, args.backend)
     model = MLP.load(args.model, backend)
-    results = []
+    classes = DATASETS[model.dataset].classes if model.dataset in DATASETS else None
+    if pictures and model.dataset not in (None, "mnist"):
+        warnings.warn(f"{args.model} was trained on {model.dataset}; pictures are prepared as "
+                      f"handwritten digits (MNIST), which may not suit it", stacklevel=2)
+    if args.show_preprocessed is not None:
+        args.show_preprocessed.mkdir(parents=True, exist_ok=True)
+    results, failed, written = [], 0, set()
     for path in args.inputs:
-        digits, names = read_digits(path)
-        probabilities = model.predict_proba(digits)
-        if args.show_preprocessed is not None:
-            _write_digit_pictures(args.show_preprocessed, path, digits)
-        for name, p in zip(names, probabilities):
+        try:
+            digits, names = read_digits(path)
+        except MnistXpError as exc:  # one line for this input; the others still run
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for name, p in zip(names, model.predict_proba(digits)):
             results.append({"input": name, "digit": int(np.argmax(p)), "top3": _top3(p)})
-    if csvs:
+        if args.show_preprocessed is not None:
+            _write_digit_pictures(args.show_preprocessed, path, digits, written)
+    if csvs and results:
         lines = ["ImageId,Label"] + [f"{i},{r['digit']}" for i, r in enumerate(results, 1)]
         text = "\n".join(lines) + "\n"
         if args.submission:
@@ -355,22 +481,31 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"wrote {len(results)} predictions to {args.submission}", file=sys.stderr)
         elif not args.json:
             sys.stdout.write(text)
+    name_of = (lambda k: f"{k} {classes[k]}") if classes else str
     if args.json:
         print(json.dumps([{"input": r["input"], "digit": r["digit"],
+                           **({"class": classes[r["digit"]]} if classes else {}),
                            "top3": [{"digit": k, "probability": p} for k, p in r["top3"]]}
                           for r in results], indent=2))
     elif not csvs:
         for r in results:
-            top = ", ".join(f"{k}: {p:.1%}" for k, p in r["top3"])
-            print(f"{r['input']}: {r['digit']}  ({top})")
-    return 0
+            top = ", ".join(f"{name_of(k)}: {p:.1%}" for k, p in r["top3"])
+            print(f"{r['input']}: {name_of(r['digit'])}  ({top})")
+    return 1 if failed else 0
 
 
-def _write_digit_pictures(folder: Path, source: Path, digits: np.ndarray) -> None:
+def _write_digit_pictures(folder: Path, source: Path, digits: np.ndarray,
+                          written: set[str]) -> None:
+    """The 28x28 images the network saw, as PNG, named after their input; a name an earlier
+    input took gets a suffix (7.png, then 7_2.png), so that no picture overwrites another."""
     from PIL import Image
 
     for index, digit in enumerate(digits):
-        name = source.stem if len(digits) == 1 else f"{source.stem}-{index}"
+        stem = source.stem if len(digits) == 1 else f"{source.stem}-{index}"
+        name, number = stem, 2
+        while name in written:
+            name, number = f"{stem}_{number}", number + 1
+        written.add(name)
         picture = Image.fromarray(digit.reshape(28, 28))
         atomic_write(folder / f"{name}.png", lambda handle, p=picture: p.save(handle, "PNG"))
 
@@ -379,10 +514,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
 
     pyplot()  # a missing plot extra is a usage error, before any work
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: not a folder")
     saved = read_model_file(args.model)
-    model = MLP.from_host(saved.config, saved.params, select_backend(args.device, args.backend))
+    model = MLP.from_host(saved.config, saved.params, select_backend(args.device, args.backend),
+                          saved.dataset)
     records = saved.meta.get("history") or []
-    data = load_dataset(args.dataset, args.data_dir)
+    data = _test_split(args, model)
     for path in write_report(model, records, data, args.out, args.model):
         print(f"wrote {path}")
     return 0
@@ -498,15 +636,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
                          "at least 0")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise UsageError("--chunk-size must be at least 1")
-    for flag, path in (("--json", args.json), ("--markdown", args.markdown),
-                       ("--plot", args.plot)):
-        _check_writable(path, flag)
+    for flag, path, example in (("--json", args.json, "bench.json"),
+                                ("--markdown", args.markdown, "bench.md"),
+                                ("--plot", args.plot, "bench.png")):
+        check_output(path, flag, example)
     if args.plot:
         pyplot()  # a missing plot extra is a usage error before the timings, not after
     backends = _bench_backends(args.device, args.backend)
     data = None
     if not args.no_accuracy:
-        data = load_dataset(args.dataset, args.data_dir, progress=True)
+        data = load_dataset(args.dataset or "mnist", args.data_dir, progress=True)
     tf32_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.tf32]
     torch_ms: dict[tuple[Any, ...], float] = {}  # the hand-written step, once per device
     cases = []
@@ -587,3 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except _Abort as exc:
+        print(f"stopped at once by {_signal_name(exc.signum)}: nothing more was saved",
+              file=sys.stderr)
+        return 128 + exc.signum

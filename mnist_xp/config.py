@@ -61,6 +61,10 @@ class Config:
                 raise UsageError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
         if self.seed < 0:
             raise UsageError(f"the seed must be >= 0, got {self.seed}")
+        if self.epochs is not None and self.batch_size is None:
+            raise UsageError(f"{self.epochs} epochs: epochs count passes over shuffled "
+                             f"mini-batches (--batch-size N); a full-batch run is counted in "
+                             f"--steps")
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -100,6 +104,60 @@ class Config:
     def from_dict(cls, values: dict[str, Any]) -> Config:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+LENGTH = ("steps", "epochs")
+
+
+def flag(field: str) -> str:
+    """The command-line flag of a Config field: weight_decay -> --weight-decay."""
+    return "--" + field.replace("_", "-")
+
+
+def resolve(base: Config, given: dict[str, Any]) -> Config:
+    """`base` with the fields in `given` replaced. Steps and epochs both set the run's length:
+    `steps` without `epochs` means steps, even where the base counts epochs, and both at once
+    are refused; `momentum` is refused unless the optimizer is momentum."""
+    given = dict(given)
+    if "steps" in given and "epochs" in given:
+        raise UsageError("--steps and --epochs both set the run's length: give one of them")
+    if "steps" in given:
+        given["epochs"] = None
+    config = base.replace(**given)
+    if "momentum" in given and config.optimizer != "momentum":
+        raise UsageError(f"--momentum is for --optimizer momentum; this run uses "
+                         f"{config.optimizer}")
+    return config
+
+
+def resumed(saved: Config, given: dict[str, Any], preset: Config | None = None) -> Config:
+    """The configuration that continues a checkpoint's run (`saved`). Flags that equal the
+    checkpoint's settings are accepted, so the command that started a run, with --resume
+    added, continues it; a preset must match it too. Only the length (steps, epochs) may
+    change; anything else that differs is refused, naming the checkpoint's value."""
+    given = dict(given)
+    length = {name: given.pop(name) for name in LENGTH if name in given}
+    asked = resolve(preset, given) if preset is not None else None
+    differing = []
+    for f in dataclasses.fields(Config):
+        if f.name in LENGTH:
+            continue
+        mine = given.get(f.name) if asked is None else getattr(asked, f.name)
+        if (f.name in given or asked is not None) and mine != getattr(saved, f.name):
+            differing.append(f"{flag(f.name)} {_shown(mine)} (the checkpoint's: "
+                             f"{_shown(getattr(saved, f.name))})")
+    if differing:
+        raise UsageError("--resume continues the checkpoint's run, and these differ from it: "
+                         + "; ".join(differing) + "; only --steps and --epochs may change")
+    return resolve(saved, length)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "full"  # the only None-valued setting that differs in practice: batch size
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

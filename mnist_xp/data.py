@@ -124,7 +124,8 @@ def read_kaggle_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """
     path = Path(path)
     try:
-        with path.open("r", encoding="ascii", newline="") as handle:
+        # utf-8-sig: a byte-order mark (as some editors save) is skipped; pixel CSVs are ASCII
+        with path.open("r", encoding="utf-8-sig", newline="") as handle:
             header = handle.readline().strip().split(",")
             pixel_names = [f"pixel{i}" for i in range(PIXELS)]
             if header == ["label", *pixel_names]:

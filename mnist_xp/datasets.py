@@ -8,13 +8,16 @@ MD5 of their decompressed payload before use; a missing or corrupted one is (re-
 
 from __future__ import annotations
 
+import gzip
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from . import download
-from .data import Dataset, check_split, parse_idx_images, parse_idx_labels, read_payload
+from .data import PIXELS, Dataset, check_split, parse_idx_images, parse_idx_labels, read_payload
 from .errors import DataError, DownloadError, UsageError
 
 SPLIT_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -28,6 +31,8 @@ class DatasetSpec:
     name: str
     mirrors: tuple[str, ...]
     payload_md5: dict[str, str]  # file name without .gz -> MD5 of the decompressed bytes
+    train_rows: int = 60_000
+    classes: tuple[str, ...] | None = None  # names of labels 0..9 where they are not digits
 
 
 DATASETS = {
@@ -48,6 +53,8 @@ DATASETS = {
                                "9018921c3c673c538a1fc5bad174d6f9",
                                "8181f5470baa50b63fa0f6fddb340f0a",
                                "15d484375f8d13e6eb1aabb0c3f46965"))),
+        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                 "Sneaker", "Bag", "Ankle boot"),
     ),
 }
 
@@ -90,21 +97,30 @@ def _verified_payload(spec: DatasetSpec, folder: Path, stem: str, progress: bool
         raise
 
 
-def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, *,
-                 progress: bool = False) -> Dataset:
-    """Load train and test splits as uint8 arrays, from `data_dir` or the verified cache."""
+def _folder(name: str, data_dir: str | Path | None) -> tuple[DatasetSpec, Path]:
     spec = DATASETS.get(name)
     if spec is None:
         raise UsageError(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
-    if data_dir is not None:
-        folder = Path(data_dir)
-        if not folder.is_dir():
-            raise UsageError(f"--data-dir {folder}: no such directory")
-    else:
-        folder = cache_dir(name)
+    if data_dir is None:
+        return spec, cache_dir(name)
+    folder = Path(data_dir)
+    if not folder.is_dir():
+        raise UsageError(f"--data-dir {folder}: no such directory")
+    return spec, folder
+
+
+def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, *,
+                 progress: bool = False, test_only: bool = False) -> Dataset:
+    """Load train and test splits as uint8 arrays, from `data_dir` or the verified cache.
+    With test_only the training files are not read (nor downloaded): the train split is
+    empty."""
+    spec, folder = _folder(name, data_dir)
     parsers = (parse_idx_images, parse_idx_labels, parse_idx_images, parse_idx_labels)
     arrays = []
-    for stem, parse in zip(SPLIT_FILES, parsers):
+    for index, (stem, parse) in enumerate(zip(SPLIT_FILES, parsers)):
+        if test_only and index < 2:
+            arrays.append(np.zeros((0, PIXELS) if index == 0 else 0, np.uint8))
+            continue
         if data_dir is None:
             payload, source = _verified_payload(spec, folder, stem, progress), folder / stem
         else:
@@ -114,6 +130,29 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, *,
             payload = read_payload(source)
         arrays.append(parse(payload, str(source)))
     train_images, train_labels, test_images, test_labels = arrays
-    check_split(train_images, train_labels, f"{folder} (train split)")
+    if not test_only:
+        check_split(train_images, train_labels, f"{folder} (train split)")
     check_split(test_images, test_labels, f"{folder} (test split)")
     return Dataset(train_images, train_labels, test_images, test_labels, name)
+
+
+def train_rows(name: str = "mnist", data_dir: str | Path | None = None) -> int:
+    """How many training images the dataset has, from the training labels' header alone, so
+    that flags can be checked against it before anything is loaded (60,000 for MNIST and
+    Fashion-MNIST when the file is not there yet)."""
+    spec, folder = _folder(name, data_dir)
+    path = _on_disk(folder, SPLIT_FILES[1])
+    if path is None:
+        if data_dir is not None:
+            raise DataError(f"{folder}: missing {SPLIT_FILES[1]}.gz (or {SPLIT_FILES[1]})")
+        return spec.train_rows
+    try:
+        with open(path, "rb") as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"
+        with (gzip.open if gzipped else open)(path, "rb") as handle:
+            header = handle.read(8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+    if len(header) < 8:
+        raise DataError(f"{path}: too short for an IDX header")
+    return int.from_bytes(header[4:8], "big")

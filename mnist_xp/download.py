@@ -66,9 +66,7 @@ def fetch(filename: str, mirrors: list[str], folder: Path, payload_md5: str,
             atomic_write(folder / filename, lambda handle, raw=raw: handle.write(raw))
             return payload
         except (OSError, urllib.error.URLError, DataError) as exc:
-            failures.append(f"  {url}: {getattr(exc, 'reason', None) or exc}")
+            failures.append(f"{url}: {getattr(exc, 'reason', None) or exc}")
     raise DownloadError(
-        f"could not download {filename}; tried:\n" + "\n".join(failures)
-        + f"\nPlace {filename} (and the dataset's other files) in {folder} by hand, or pass "
-        "--data-dir DIR."
-    )
+        f"could not download {filename} (tried {'; '.join(failures)}): place it and the "
+        f"dataset's other files in {folder} by hand, or pass --data-dir DIR")

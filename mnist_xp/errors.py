@@ -38,6 +38,11 @@ class DeviceMemoryError(MnistXpError):
 
 
 class Interrupted(MnistXpError):
-    """Training was stopped by Ctrl-C (SIGINT); the message says where the checkpoint is (130)."""
+    """Training was stopped by a signal: Ctrl-C (SIGINT, exit 130) or SIGTERM (143); the
+    message says where the checkpoint is, or that nothing was saved."""
 
     exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

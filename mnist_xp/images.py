@@ -1,9 +1,14 @@
 """Your own digits as MNIST digits: read PNG/JPEG (Pillow, extra `image`), .npy arrays and
 Kaggle CSVs, and preprocess pictures the way MNIST was made (LeCun et al.):
 
-1. grayscale;                      4. fit in 20x20, keeping the aspect ratio;
-2. invert a light background;      5. pad to 28x28;
-3. crop to the digit's box;        6. shift the centre of mass to the centre.
+1. grayscale, upright as the camera's EXIF orientation says;
+2. ink told from paper: the paper is what most pixels show, so a picture whose median is
+   nearer its lightest value is dark ink on light paper (then inverted), else light on dark;
+3. ink measured against the paper around it (its level estimated by a grey-scale closing or
+   opening wider than the strokes), so that shadows and uneven light do not become ink;
+4. crop to the digit's box (refusing a picture with too little ink to be a digit);
+5. fit in 20x20, keeping the aspect ratio, and pad to 28x28;
+6. shift the centre of mass to the centre.
 """
 
 from __future__ import annotations
@@ -17,18 +22,23 @@ from .errors import DataError, UsageError
 
 SIDE = 28
 BOX = 20
-INK = 0.25  # a pixel is ink when it is this far from the background, as a fraction of 255
+INK = 0.25  # a pixel is ink when it stands this far above the paper, as a share of the most
+CONTRAST = 0.1  # no digit where no pixel stands this far above the paper, as a share of 255
+MIN_INK = 0.002  # no digit where ink covers less than this share of the picture ...
+MIN_INK_PIXELS = 8  # ... or fewer pixels than this
+THUMBNAIL = 128  # the paper's level is estimated on a picture this size, then scaled back
 
 
 def _open_image(path: Path) -> np.ndarray:
     """Grayscale pixels (H, W) as float in [0, 255]."""
     try:
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image, ImageOps, UnidentifiedImageError
     except ImportError:
         raise UsageError('reading PNG/JPEG needs Pillow: pip install "mnist-xp[image]"') from None
     try:
-        with Image.open(path) as picture:
-            picture.load()
+        with Image.open(path) as opened:
+            opened.load()
+            picture = ImageOps.exif_transpose(opened)  # a phone's photo, upright
             if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
                 # transparent pixels are background: composite on white
                 rgba = picture.convert("RGBA")
@@ -41,24 +51,46 @@ def _open_image(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable image ({exc})") from None
 
 
+def ink(gray: np.ndarray) -> np.ndarray:
+    """How strongly each pixel is ink rather than the paper around it, 0..255: steps 2 and 3
+    above. The paper's level is estimated on a thumbnail with a window a quarter of it wide
+    (the maximum then the minimum for light paper, the reverse for dark), then scaled back up.
+    On light paper ink is measured as a share of the paper's brightness there, since light
+    multiplies what the paper and the ink reflect: a digit in a shadow is as strong as one in
+    full light. On dark paper (a screen, a digital drawing) it is the difference."""
+    from PIL import Image, ImageFilter
+
+    gray = np.asarray(gray, dtype=np.float64)
+    light_paper = np.median(gray) > (gray.min() + gray.max()) / 2  # most pixels are paper
+    height, width = gray.shape
+    scale = min(1.0, THUMBNAIL / max(height, width))
+    small = (max(1, round(width * scale)), max(1, round(height * scale)))
+    window = max(3, min(small) // 4 | 1)
+    first, then = ((ImageFilter.MaxFilter, ImageFilter.MinFilter) if light_paper
+                   else (ImageFilter.MinFilter, ImageFilter.MaxFilter))
+    paper = np.asarray(Image.fromarray(gray.astype(np.float32), mode="F")
+                       .resize(small, Image.Resampling.BOX)
+                       .filter(first(window)).filter(then(window))
+                       .resize((width, height), Image.Resampling.BILINEAR), dtype=np.float64)
+    if light_paper:
+        return np.clip((paper - gray) / np.maximum(paper, 1.0), 0, 1) * 255
+    return np.clip(gray - paper, 0, 255)
+
+
 def preprocess(gray: np.ndarray, name: str = "image") -> np.ndarray:
     """A grayscale picture (H, W) in [0, 255] -> an MNIST-style 28x28 uint8 digit, white ink
     on black, its bounding box fitted in 20x20 and its centre of mass at the centre."""
     from PIL import Image
 
-    gray = np.asarray(gray, dtype=np.float64)
-
-    def background() -> float:
-        return float(np.median(np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])))
-
-    if background() > 127:  # dark ink on a light background: invert
-        gray = 255.0 - gray
-    gray = np.clip(gray - background(), 0, 255)  # paper that is not quite black becomes 0
-    ink = gray > INK * 255
-    if not ink.any():
+    strength = ink(gray)
+    if strength.max() < CONTRAST * 255:
         raise DataError(f"{name}: no digit found (the picture is blank or has no contrast)")
-    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-    digit = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    mask = strength > INK * strength.max()
+    if mask.sum() < max(MIN_INK_PIXELS, MIN_INK * mask.size):
+        raise DataError(f"{name}: no digit found (only {int(mask.sum())} pixels of ink, too "
+                        f"few for a digit)")
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    digit = strength[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
     digit = digit * (255.0 / digit.max())
     height, width = digit.shape
     scale = BOX / max(height, width)

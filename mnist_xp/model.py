@@ -4,8 +4,9 @@ save/load as a plain .npz (no pickle)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -18,6 +19,9 @@ from .files import atomic_write
 
 FORMAT_VERSION = 1
 PREDICT_CHUNK = 10_000
+# What a model expects of its input, recorded in every model file beside the dataset's name.
+INPUT = ("28x28 grayscale, light ink on black as in MNIST, uint8 0..255 (divided by 255) or "
+         "floats in [0, 1]")
 
 
 def init_params(config: Config, seed: int | None = None) -> list[np.ndarray]:
@@ -38,6 +42,27 @@ def init_params(config: Config, seed: int | None = None) -> list[np.ndarray]:
     return params
 
 
+def as_pixels(images: Any) -> tuple[np.ndarray, bool]:
+    """Images as a (N, 784) host array of uint8 0..255 or floats in [0, 1], and whether a
+    single image was given: (784,) and (28, 28) are one image, (N, 784) and (N, 28, 28) many.
+    Anything else is refused, rather than scored wrongly (floats in 0..255, say)."""
+    array = np.asarray(images)
+    single = array.shape in ((PIXELS,), (28, 28))
+    if single or (array.ndim == 3 and array.shape[1:] == (28, 28)):
+        array = array.reshape(-1, PIXELS)
+    if array.ndim != 2 or array.shape[1] != PIXELS:
+        raise UsageError(f"images must be shaped (784,) or (28, 28) for one, (N, 784) or "
+                         f"(N, 28, 28) for many; got {array.shape}")
+    if array.dtype == np.uint8:
+        return array, single
+    if array.dtype.kind != "f":
+        raise UsageError(f"images must be uint8 0..255 or floats in [0, 1]; got {array.dtype}")
+    if array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
+        raise UsageError(f"float images must lie in [0, 1] (uint8 pixels divided by 255); got "
+                         f"values from {np.nanmin(array):g} to {np.nanmax(array):g}")
+    return array, single
+
+
 def scale_images(backend: Backend, images: np.ndarray, dtype: str,
                  chunk_rows: int | None = None) -> Any:
     """uint8 host images (N, 784) -> device floats in [0, 1]: moved as uint8, cast, then /255
@@ -53,10 +78,13 @@ def scale_images(backend: Backend, images: np.ndarray, dtype: str,
 
 
 class MLP:
-    """A dense network 784 → hidden... → 10 whose parameters live on `backend`."""
+    """A dense network 784 → hidden... → 10 whose parameters live on `backend`; `dataset`
+    names what it was trained on (None where unknown)."""
 
-    def __init__(self, config: Config, params: list[Any], backend: Backend) -> None:
+    def __init__(self, config: Config, params: list[Any], backend: Backend,
+                 dataset: str | None = None) -> None:
         self.config, self.params, self.backend = config, params, backend
+        self.dataset = dataset
 
     @classmethod
     def initialise(cls, config: Config, backend: Backend, seed: int | None = None) -> MLP:
@@ -67,43 +95,63 @@ class MLP:
         with self.backend.activate():
             return nn.logits(self.params, X, self.config.activation)
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities (N, 10) on the host for uint8 images (N, 784) or (N, 28, 28)."""
+    def _device_inputs(self, pixels: np.ndarray) -> Any:
+        if pixels.dtype == np.uint8:
+            return scale_images(self.backend, pixels, self.config.dtype)
+        return self.backend.asarray(pixels.astype(self.config.dtype, copy=False))
+
+    def predict_proba(self, images: Any) -> np.ndarray:
+        """Class probabilities on the host: (N, 10) for many images, (10,) for one. Images are
+        uint8 0..255 or floats in [0, 1], shaped as as_pixels() describes."""
+        pixels, single = as_pixels(images)
         chunks = []
-        for start in range(0, len(images), PREDICT_CHUNK):  # host slices: NumPy clips the stop
-            X = scale_images(self.backend, images[start:start + PREDICT_CHUNK], self.config.dtype)
+        for start in range(0, len(pixels), PREDICT_CHUNK):  # host slices: NumPy clips the stop
+            X = self._device_inputs(pixels[start:start + PREDICT_CHUNK])
             with self.backend.activate():
                 probs = nn.output_probabilities(self.config.output, self.logits(X))
             chunks.append(self.backend.to_numpy(probs))
-        return np.concatenate(chunks) if chunks else np.zeros((0, 10), self.config.dtype)
+        probabilities = (np.concatenate(chunks) if chunks
+                         else np.zeros((0, 10), self.config.dtype))
+        return probabilities[0] if single else probabilities
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Predicted digit (N,) for uint8 images (N, 784) or (N, 28, 28)."""
-        return np.argmax(self.predict_proba(images), axis=1)
+    def predict(self, images: Any) -> np.ndarray | int:
+        """The predicted class: (N,) for many images, an int for one."""
+        probabilities = self.predict_proba(images)
+        if probabilities.ndim == 1:
+            return int(np.argmax(probabilities))
+        return np.argmax(probabilities, axis=1)
 
     def host_params(self) -> list[np.ndarray]:
         return [self.backend.to_numpy(p) for p in self.params]
 
+    def npz_writer(self, extra: dict[str, Any] | None = None,
+                   arrays: dict[str, np.ndarray] | None = None) -> Callable[[BinaryIO], None]:
+        """A function that writes this model's .npz to a binary handle: weights, config, the
+        dataset and the input it expects; `extra` goes into the JSON metadata, `arrays` beside
+        the parameters (checkpoints use both). The weights are copied to the host now."""
+        named = {f"param{i}": p for i, p in enumerate(self.host_params())}
+        meta = {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),
+                "dataset": self.dataset, "input": INPUT, **(extra or {})}
+        return lambda handle: np.savez(handle, meta=np.array(json.dumps(meta)), **named,
+                                       **(arrays or {}))
+
     def save(self, path: str | Path, extra: dict[str, Any] | None = None,
              arrays: dict[str, np.ndarray] | None = None) -> None:
-        """Write weights and config to an .npz atomically (temp file, then os.replace); `extra`
-        goes into the JSON metadata, `arrays` beside the parameters (checkpoints use both)."""
-        named = {f"param{i}": p for i, p in enumerate(self.host_params())}
-        meta = {"format_version": FORMAT_VERSION, "config": self.config.to_dict(), **(extra or {})}
-        atomic_write(Path(path), lambda handle: np.savez(
-            handle, meta=np.array(json.dumps(meta)), **named, **(arrays or {})))
+        """Write the model's .npz atomically (a temp file, then os.replace); see npz_writer."""
+        atomic_write(Path(path), self.npz_writer(extra, arrays))
 
     @classmethod
-    def from_host(cls, config: Config, host_params: list[np.ndarray], backend: Backend) -> MLP:
+    def from_host(cls, config: Config, host_params: list[np.ndarray], backend: Backend,
+                  dataset: str | None = None) -> MLP:
         """A model on `backend` from host (NumPy) parameters, copied: training never changes
         the caller's arrays, and read-only ones work."""
-        return cls(config, [backend.asarray(p) for p in host_params], backend)
+        return cls(config, [backend.asarray(p) for p in host_params], backend, dataset)
 
     @classmethod
     def load(cls, path: str | Path, backend: Backend) -> MLP:
         """Read a model written by save(); refuses pickles, other versions and wrong shapes."""
         saved = read_model_file(Path(path))
-        return cls.from_host(saved.config, saved.params, backend)
+        return cls.from_host(saved.config, saved.params, backend, saved.dataset)
 
 
 def read_npz(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -131,6 +179,12 @@ class ModelFile(NamedTuple):
     params: list[np.ndarray]
     meta: dict[str, Any]
     arrays: dict[str, np.ndarray]
+
+    @property
+    def dataset(self) -> str | None:
+        """What the model was trained on (None in files from before this was recorded)."""
+        name = self.meta.get("dataset")
+        return name if isinstance(name, str) else None
 
 
 def read_model_file(path: Path) -> ModelFile:

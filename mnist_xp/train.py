@@ -8,6 +8,7 @@ epoch going in).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from . import nn
 from .backends import Backend, select_backend
 from .checkpoint import Checkpoint, save_checkpoint
-from .config import Config
+from .config import LENGTH, Config, resolve
 from .data import CLASSES, Dataset
 from .errors import DeviceMemoryError, DivergenceError, Interrupted, UsageError
 from .model import MLP, scale_images
@@ -49,12 +50,20 @@ def to_device(backend: Backend, images: np.ndarray, labels: np.ndarray, dtype: s
 
 @dataclass
 class History:
-    """What a run did: one record per evaluation, plus totals."""
+    """What a run did: one record per evaluation, plus totals. `steps` and `seconds` count from
+    the run's start, resumed parts included; `first_step` is where this process began (1, or
+    the step after a checkpoint's), so steps - first_step + 1 ran here, in `seconds_here`."""
 
     records: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
     final_loss: float = math.nan
+    first_step: int = 1
+    seconds_here: float = 0.0
+
+    @property
+    def steps_here(self) -> int:
+        return self.steps - self.first_step + 1
 
     @property
     def last(self) -> dict[str, float]:
@@ -67,9 +76,10 @@ class Evaluation(NamedTuple):
 
 
 def resolve_config(preset: str | Config, overrides: dict[str, Any]) -> Config:
-    """A preset (by name or as a Config) with the given fields replaced."""
+    """A preset (by name or as a Config) with the given fields replaced (config.resolve: a
+    `steps` override means steps, even on a preset counted in epochs)."""
     base = get_preset(preset) if isinstance(preset, str) else preset
-    return base.replace(**{k: v for k, v in overrides.items() if v is not None})
+    return resolve(base, {k: v for k, v in overrides.items() if v is not None})
 
 
 class Batches:
@@ -141,7 +151,8 @@ def train(data: Dataset, backend: Backend | None = None, preset: str | Config = 
           eval_every: int | None = None, log_every: int = 10, chunk_size: int | None = None,
           progress: bool = False, stop_at_accuracy: float | None = None,
           checkpoint: Path | None = None, checkpoint_every: int | None = None,
-          resume: Checkpoint | None = None, should_stop: Callable[[], bool] | None = None,
+          resume: Checkpoint | None = None, should_stop: Callable[[], Any] | None = None,
+          on_pace: Callable[[float, int], None] | None = None,
           **overrides: Any) -> tuple[MLP, History]:
     """Train a network on data.train_*, evaluating on data.test_* every `eval_every` steps.
 
@@ -154,16 +165,22 @@ def train(data: Dataset, backend: Backend | None = None, preset: str | Config = 
 
     `checkpoint` is written every `checkpoint_every` steps and at the end; `resume` (from
     load_checkpoint) continues a run: its config (with overrides: steps, epochs) and state.
-    `should_stop()` is asked after every step: when true, the checkpoint (if any) is written
-    and Interrupted raised, so a Ctrl-C never leaves a half-applied update behind.
+    `should_stop()` is asked after every step: when true (a string names why, e.g. "Ctrl-C"),
+    the checkpoint (if any) is written and Interrupted raised, so a stop never leaves a
+    half-applied update behind.
+    `on_pace(seconds_per_step, steps_left)` is called once, early: after the second step of
+    this run (the first pays one-off costs such as compiling), or the first if it is the last.
     """
-    if resume is not None:
-        changed = set(k for k, v in overrides.items() if v is not None) - {"steps", "epochs"}
+    if resume is not None:  # the checkpoint's configuration, or a Config that differs in length
+        config = resolve_config(preset if isinstance(preset, Config) else resume.config,
+                                overrides)
+        changed = [f.name for f in dataclasses.fields(Config) if f.name not in LENGTH
+                   and getattr(config, f.name) != getattr(resume.config, f.name)]
         if changed:
             raise UsageError(f"--resume takes the configuration from the checkpoint; only "
-                             f"--steps and --epochs may change, not {', '.join(sorted(changed))}")
-        preset = resume.config
-    config = resolve_config(preset, overrides)
+                             f"--steps and --epochs may change, not {', '.join(changed)}")
+    else:
+        config = resolve_config(preset, overrides)
     backend = backend or select_backend("auto")
     total = config.total_steps(len(data.train_labels))
     eval_every = max(1, total // 10) if eval_every is None else eval_every
@@ -172,6 +189,8 @@ def train(data: Dataset, backend: Backend | None = None, preset: str | Config = 
         raise UsageError("--eval-every, --log-every and --chunk-size must be at least 1")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise UsageError("--checkpoint-every must be at least 1")
+    if resume is not None and resume.dataset not in (None, data.name):
+        raise UsageError(f"the checkpoint's run trains on {resume.dataset}, not {data.name}")
     if resume is not None and resume.step >= total:
         raise UsageError(f"the checkpoint is already at step {resume.step} of {total}: pass "
                          f"--steps above {resume.step} to train further")
@@ -179,7 +198,7 @@ def train(data: Dataset, backend: Backend | None = None, preset: str | Config = 
     saving = Saving(checkpoint, checkpoint_every or eval_every, resume, should_stop)
     try:
         return _train(data, backend, config, eval_every, log_every, chunk_size, progress,
-                      stop_at_accuracy, saving)
+                      stop_at_accuracy, saving, on_pace)
     except Exception as exc:
         if not backend.is_out_of_memory(exc):
             raise
@@ -193,12 +212,13 @@ class Saving(NamedTuple):
     path: Path | None
     every: int
     resume: Checkpoint | None
-    should_stop: Callable[[], bool] | None
+    should_stop: Callable[[], Any] | None
 
 
 def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log_every: int,
            chunk_size: int | None, progress: bool, stop_at_accuracy: float | None,
-           saving: Saving) -> tuple[MLP, History]:
+           saving: Saving, on_pace: Callable[[float, int], None] | None
+           ) -> tuple[MLP, History]:
     total = config.total_steps(len(data.train_labels))
     history = History()
     resume = saving.resume
@@ -210,6 +230,7 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
                                chunk_size)
         model = (MLP.initialise(config, backend) if resume is None else
                  MLP.from_host(config, resume.params, backend))
+        model.dataset = data.name
         train_step = TrainStep(backend, config, chunk_size)
         accuracy = Accuracy(backend, config.activation, chunk_size)
         first = 1
@@ -229,17 +250,23 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
 
         model.params, state = backend.ready((model.params, state))
         already = history.last.get("seconds", 0.0)
-        start = time.perf_counter() - already
+        here = time.perf_counter()
+        start = here - already
         evaluation_seconds = already - history.last.get("train_seconds", 0.0)
-        history.steps = first - 1
+        history.steps, history.first_step = first - 1, first
+        pace_from = first + 1 if total > first else first  # the step whose time is the pace
         with tqdm(total=total, initial=first - 1, unit="step", disable=not progress,
                   dynamic_ncols=True) as bar:
             for step in range(first, total + 1):
                 batch = next(batches)
                 evaluating = step % eval_every == 0 or step == total
                 logging = evaluating or step % log_every == 0  # the loss is read back
+                step_start = time.perf_counter()
                 model.params, state, loss = train_step(model.params, state, batch.X, batch.Y,
                                                        with_loss=logging)
+                if step == pace_from and on_pace is not None:
+                    backend.ready(model.params)
+                    on_pace(time.perf_counter() - step_start, total - step)
                 if logging:
                     history.final_loss = _finite_loss(loss, step, config.lr)
                     bar.set_postfix(loss=f"{history.final_loss:.4f}", refresh=False)
@@ -261,16 +288,20 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
                 history.steps = step
                 if step % saving.every == 0 or step == total:
                     save(step)
-                if saving.should_stop is not None and saving.should_stop():
+                reason = saving.should_stop() if saving.should_stop is not None else None
+                if reason:
                     save(step)
-                    where = f": checkpoint saved to {saving.path}" if saving.path else ""
-                    raise Interrupted(f"interrupted after step {step} of {total}{where}")
+                    by = f" by {reason}" if isinstance(reason, str) else ""
+                    where = (f"checkpoint saved to {saving.path}" if saving.path else
+                             "nothing was saved (--checkpoint FILE.npz keeps a stopped run)")
+                    raise Interrupted(f"stopped{by} after step {step} of {total}: {where}")
                 if (evaluating and stop_at_accuracy is not None
                         and record["test_accuracy"] >= stop_at_accuracy):
                     save(step)
                     break
         backend.ready(model.params)
         history.seconds = time.perf_counter() - start
+        history.seconds_here = time.perf_counter() - here
     return model, history
 
 

@@ -122,7 +122,10 @@ def test_pickled_and_garbage_files_are_refused(tmp_path):
         load_checkpoint(tmp_path / "empty.npz")
 
 
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_dir, tmp_path):
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_exits_128_plus_it(tiny_dir, tmp_path, signum,
+                                                                     status):
+    """SIGTERM is what timeout, Slurm, Kubernetes and docker stop send: it stops like Ctrl-C."""
     path = tmp_path / "run.npz"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
@@ -134,10 +137,12 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_dir, tmp_path):
     while not path.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     assert path.exists(), process.communicate()[1]
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    assert f"checkpoint saved to {path}" in err and "Traceback" not in err
+    assert process.returncode == status, err
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert f"stopped by {name} after step " in err and f": checkpoint saved to {path}" in err
+    assert "Traceback" not in err
     step = load_checkpoint(path).step
     assert step >= 1
     resumed = subprocess.run(
@@ -146,3 +151,20 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tiny_dir, tmp_path):
         capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {path} at step {step}" in resumed.stdout
+
+
+def test_a_stop_without_a_checkpoint_says_nothing_was_saved(tiny_dir):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mnist_xp", "train", "--preset", "relu10", "--steps", "1000000",
+         "--device", "cpu", "--data-dir", str(tiny_dir), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout.readline().startswith("preset relu10")
+    for line in process.stdout:  # the pace line comes after two steps: training is under way
+        if line.startswith("pace:"):
+            break
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "nothing was saved (--checkpoint FILE.npz keeps a stopped run)" in err
+    assert err.strip().splitlines()[-1].startswith("error: stopped by SIGTERM after step")

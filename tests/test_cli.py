@@ -98,7 +98,7 @@ def test_evaluate_kaggle_csv(tiny_dir, tiny_data, tmp_path, capsys):
     unlabelled = kaggle_csv(tmp_path / "test.csv", tiny_data.test_images[:20], None)
     assert main(["evaluate", "--model", str(model), "--device", "cpu",
                  "--csv", str(unlabelled)]) == 2
-    assert "no label column: it can be predicted on" in capsys.readouterr().err
+    assert "no label column, so there is nothing to score" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -208,14 +208,15 @@ def test_a_missing_backend_library_exits_2_naming_the_extra(tmp_path):
     assert result.stderr.strip() == 'error: --backend jax needs jax: pip install "mnist-xp[jax]"'
 
 
-def test_jax_float64_needs_x64_and_says_so_before_loading_data(tmp_path, capsys):
+def test_jax_float64_needs_x64_and_says_so_before_loading_data(tiny_dir, capsys, monkeypatch):
     importorskip("jax")
     import jax
 
     if jax.config.jax_enable_x64:
         pytest.skip("x64 is on in this process")
+    monkeypatch.setattr("mnist_xp.cli.load_dataset", None)  # calling it would fail the test
     code = main(["train", *FAST, "--backend", "jax", "--device", "cpu", "--dtype", "float64",
-                 "--data-dir", str(tmp_path / "absent")])
+                 "--data-dir", str(tiny_dir)])
     assert code == 2 and "JAX_ENABLE_X64=1" in capsys.readouterr().err
 
 
