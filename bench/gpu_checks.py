@@ -153,19 +153,17 @@ def event_timing(backend: Backend, data_dir: Path) -> Result:
     import cupyx.profiler
 
     from mnist_xp.model import MLP
-    from mnist_xp.step import TrainStep
-    from mnist_xp.train import to_device
 
     data = synthetic_dataset(n_train=60_000, n_test=10)
     config = Config(hidden=(128,), optimizer="adam")
     with backend.activate():
-        split = to_device(backend, data.train_images, data.train_labels, "float32")
-        step = TrainStep(backend, config)
+        split = backend.to_device(data.train_images, data.train_labels, "float32")
+        step = backend.train_step(config)
         params = MLP.initialise(config, backend).params
         state = step.initial_state(params)
 
         def one_step() -> None:
-            step(params, state, split.X, split.Y)  # the same inputs each time: a fixed workload
+            step(params, state, split)  # the same inputs each time: a fixed workload
 
         for _ in range(3):
             one_step()

@@ -22,8 +22,7 @@ from .backends.base import library_version
 from .config import Config
 from .data import CLASSES, PIXELS, Dataset
 from .model import MLP
-from .step import TrainStep
-from .train import to_device, train
+from .train import train
 
 # Environment variables that change how BLAS runs (kernels, cache sizes, threads), recorded
 # with the results: a host may pin OpenBLAS to narrower kernels than its CPU has.
@@ -148,14 +147,14 @@ def measure_case(backend: Backend, hidden: tuple[int, ...], dtype: str = "float3
     xp = backend.xp
     with backend.activate(), backend.tf32(tf32):
         # the first transfer pays one-off kernel compiles on a GPU: the median of 3
-        transfer_s = [backend.seconds(lambda: to_device(backend, images, labels, dtype,
-                                                        chunk_size)) for _ in range(3)]
+        transfer_s = [backend.seconds(lambda: backend.to_device(images, labels, dtype,
+                                                                chunk_size)) for _ in range(3)]
         with backend.peak_memory() as peak:  # the data, the model and one step (it compiles)
-            split = to_device(backend, images, labels, dtype, chunk_size)
+            split = backend.to_device(images, labels, dtype, chunk_size)
             model = MLP.initialise(config, backend, seed)
-            train_step = TrainStep(backend, config, chunk_size, tail)
+            train_step = backend.train_step(config, chunk_size, tail)
             params, state, _ = train_step(model.params, train_step.initial_state(model.params),
-                                          split.X, split.Y)
+                                          split)
             params, state = backend.ready((params, state))
         W1 = params[0]
         dZ1 = backend.asarray(np.random.default_rng(seed).standard_normal(
@@ -163,7 +162,7 @@ def measure_case(backend: Backend, hidden: tuple[int, ...], dtype: str = "float3
 
         def step() -> Any:
             nonlocal params, state
-            params, state, _ = train_step(params, state, split.X, split.Y)
+            params, state, _ = train_step(params, state, split)
             return params, state
 
         def products() -> Any:

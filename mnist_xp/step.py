@@ -12,14 +12,47 @@ optimizer state; the caller uses those from then on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+from array_api_compat import array_namespace
 
 from . import nn
 from .backends import Backend
 from .config import Config
+from .data import CLASSES
+from .model import scale_images
 from .optim import State, make_optimizer
+
+
+class DeviceSplit(NamedTuple):
+    """One split on the device: X (N, 784) floats in [0, 1], labels y (N,), one-hot Y (N, 10).
+    A batch of it is a DeviceSplit too."""
+
+    X: Any
+    y: Any
+    Y: Any
+
+    @property
+    def rows(self) -> int:
+        return self.X.shape[0]
+
+    def take(self, rows: Any) -> DeviceSplit:
+        """The rows at these indices (a device array), as a DeviceSplit."""
+        xp = array_namespace(self.X)
+        return DeviceSplit(*(xp.take(a, rows, axis=0) for a in self))
+
+
+def to_device(backend: Backend, images: np.ndarray, labels: np.ndarray, dtype: str,
+              chunk_rows: int | None = None) -> DeviceSplit:
+    """A split on the device, computed (persisted on Dask, in chunks of chunk_rows rows)."""
+    X = scale_images(backend, images, dtype, chunk_rows)
+    integral = backend.xp.__array_namespace_info__().default_dtypes(
+        device=backend.device)["integral"]
+    y = backend.asarray(labels, dtype=integral, copy=None, chunk_rows=chunk_rows)
+    with backend.activate():
+        Y = nn.one_hot(y, getattr(backend.xp, dtype), CLASSES)
+        return DeviceSplit(*backend.ready((X, y, Y)))
 
 
 class _Program:
@@ -76,11 +109,11 @@ class TrainStep:
         """How often the step's Python body ran (see _Program)."""
         return self._program.traces
 
-    def __call__(self, params: list[Any], state: State, X: Any, Y: Any,
+    def __call__(self, params: list[Any], state: State, batch: DeviceSplit,
                  with_loss: bool = False) -> tuple[list[Any], State, Any]:
-        """New parameters, optimizer state, and the loss before the update (None unless
-        with_loss: reading it back costs a device round trip)."""
-        return self._step(params, state, X, Y, with_loss=with_loss)
+        """New parameters, optimizer state, and the loss over the batch before the update
+        (None unless with_loss: reading it back costs a device round trip)."""
+        return self._step(params, state, batch.X, batch.Y, with_loss=with_loss)
 
     def initial_state(self, params: list[Any], t: int = 0,
                       host_state: dict[str, list[np.ndarray]] | None = None) -> State:
@@ -95,7 +128,7 @@ class TrainStep:
 
 
 class Accuracy:
-    """accuracy(params, X, y): the fraction of rows predicted right, counted on the device over
+    """accuracy(params, split): the fraction of rows predicted right, counted on the device over
     row chunks; one number comes back to the host."""
 
     def __init__(self, backend: Backend, activation: str, chunk_size: int | None = None) -> None:
@@ -106,7 +139,8 @@ class Accuracy:
 
         _, self._hits = _built(backend, ("hits", activation), hits)
 
-    def __call__(self, params: list[Any], X: Any, y: Any) -> float:
+    def __call__(self, params: list[Any], split: DeviceSplit) -> float:
+        X, y = split.X, split.y
         n = X.shape[0]
         step = self.chunk_size or n
         total = 0.0

@@ -19,33 +19,13 @@ from typing import Any, NamedTuple
 import numpy as np
 from tqdm import tqdm
 
-from . import nn
 from .backends import Backend, select_backend
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import LENGTH, Config, resolve
 from .data import CLASSES, Dataset
 from .errors import DeviceMemoryError, DivergenceError, Interrupted, UsageError
-from .model import MLP, scale_images
+from .model import MLP
 from .presets import get_preset
-from .step import Accuracy, TrainStep
-
-
-class DeviceSplit(NamedTuple):
-    """One split on the device: X (N, 784) floats in [0, 1], labels y (N,), one-hot Y (N, 10)."""
-
-    X: Any
-    y: Any
-    Y: Any
-
-
-def to_device(backend: Backend, images: np.ndarray, labels: np.ndarray, dtype: str,
-              chunk_rows: int | None = None) -> DeviceSplit:
-    """A split on the device, computed (persisted on Dask, in chunks of chunk_rows rows)."""
-    X = scale_images(backend, images, dtype, chunk_rows)
-    y = backend.asarray(labels.astype(np.int64), copy=None, chunk_rows=chunk_rows)
-    with backend.activate():
-        Y = nn.one_hot(y, getattr(backend.xp, dtype), CLASSES)
-        return DeviceSplit(*backend.ready((X, y, Y)))
 
 
 @dataclass
@@ -87,7 +67,7 @@ class Batches:
     per epoch from default_rng([seed, 1]). state() is the RNG's state at the start of the
     current epoch and the position in it, which is all a checkpoint needs to continue."""
 
-    def __init__(self, split: DeviceSplit, config: Config, backend: Backend,
+    def __init__(self, split: Any, config: Config, backend: Backend,
                  state: dict[str, Any] | None = None) -> None:
         self.split, self.backend, self.size = split, backend, config.batch_size
         self.rng = np.random.default_rng([config.seed, 1])
@@ -97,15 +77,15 @@ class Batches:
             self.position = int(state["position"])
         self.epoch_state = self.rng.bit_generator.state
         if self.position > 0:  # the epoch's permutation, drawn again from its starting state
-            self.order = backend.asarray(self.rng.permutation(split.X.shape[0]))
+            self.order = backend.asarray(self.rng.permutation(split.rows))
 
     def state(self) -> dict[str, Any]:
         return {"rng": self.epoch_state, "position": self.position}
 
-    def __next__(self) -> DeviceSplit:
+    def __next__(self) -> Any:
         if self.size is None:
             return self.split
-        n = self.split.X.shape[0]
+        n = self.split.rows
         if self.position >= n:
             self.position, self.order = 0, None
             self.epoch_state = self.rng.bit_generator.state
@@ -113,8 +93,7 @@ class Batches:
             self.order = self.backend.asarray(self.rng.permutation(n))
         rows = self.order[self.position:min(self.position + self.size, n)]
         self.position += self.size
-        xp = self.backend.xp
-        return DeviceSplit(*(xp.take(a, rows, axis=0) for a in self.split))
+        return self.split.take(rows)
 
 
 def estimated_bytes(config: Config, train_rows: int, test_rows: int, chunk_rows: int) -> int:
@@ -224,15 +203,15 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
     resume = saving.resume
     # Divergence is caught from the loss below, so NumPy's overflow warnings would only be noise.
     with backend.activate(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        train_split = to_device(backend, data.train_images, data.train_labels, config.dtype,
-                                chunk_size)
-        test_split = to_device(backend, data.test_images, data.test_labels, config.dtype,
-                               chunk_size)
+        train_split = backend.to_device(data.train_images, data.train_labels, config.dtype,
+                                        chunk_size)
+        test_split = backend.to_device(data.test_images, data.test_labels, config.dtype,
+                                       chunk_size)
         model = (MLP.initialise(config, backend) if resume is None else
                  MLP.from_host(config, resume.params, backend))
         model.dataset = data.name
-        train_step = TrainStep(backend, config, chunk_size)
-        accuracy = Accuracy(backend, config.activation, chunk_size)
+        train_step = backend.train_step(config, chunk_size)
+        accuracy = backend.accuracy(config.activation, chunk_size)
         first = 1
         if resume is None:
             state = train_step.initial_state(model.params)
@@ -262,7 +241,7 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
                 evaluating = step % eval_every == 0 or step == total
                 logging = evaluating or step % log_every == 0  # the loss is read back
                 step_start = time.perf_counter()
-                model.params, state, loss = train_step(model.params, state, batch.X, batch.Y,
+                model.params, state, loss = train_step(model.params, state, batch,
                                                        with_loss=logging)
                 if step == pace_from and on_pace is not None:
                     backend.ready(model.params)
@@ -274,8 +253,8 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
                     backend.ready(model.params)
                     evaluation_start = time.perf_counter()
                     record = {"step": step, "loss": history.final_loss,
-                              "train_accuracy": accuracy(model.params, *train_split[:2]),
-                              "test_accuracy": accuracy(model.params, *test_split[:2])}
+                              "train_accuracy": accuracy(model.params, train_split),
+                              "test_accuracy": accuracy(model.params, test_split)}
                     now = time.perf_counter()
                     record["train_seconds"] = evaluation_start - start - evaluation_seconds
                     record["seconds"] = now - start

@@ -8,8 +8,7 @@ import pytest
 
 from mnist_xp import Config, train
 from mnist_xp.model import MLP
-from mnist_xp.step import TrainStep
-from mnist_xp.train import to_device
+from mnist_xp.step import TrainStep, to_device
 
 from conftest import importorskip, make_backend
 
@@ -45,7 +44,7 @@ def test_dask_computes_once_per_step_and_its_graph_stays_flat(tiny_data):
     computations, reads, graph_sizes = [], [], []
     for _ in range(20):
         with Callback(start=lambda graph: computations.append(len(graph))):
-            params, state, loss = step(params, state, split.X, split.Y, with_loss=True)
+            params, state, loss = step(params, state, split, with_loss=True)
         graph_sizes.append(sum(len(a.__dask_graph__()) for a in [*params, state["t"]]))
         with Callback(start=lambda graph: reads.append(len(graph))):
             float(loss)  # computed with the step: reading it only fetches the stored value

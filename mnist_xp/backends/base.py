@@ -153,6 +153,25 @@ class Backend:
         """Make this device (and its numeric settings) current for the block."""
         return contextlib.nullcontext()
 
+    def to_device(self, images: np.ndarray, labels: np.ndarray, dtype: str,
+                  chunk_rows: int | None = None) -> Any:
+        """uint8 images and labels as a split on this backend (step.to_device's DeviceSplit)."""
+        from ..step import to_device
+
+        return to_device(self, images, labels, dtype, chunk_rows)
+
+    def train_step(self, config: Any, chunk_size: int | None = None, tail: Any = None) -> Any:
+        """The training step for config (step.TrainStep), built once per configuration."""
+        from ..step import TrainStep
+
+        return TrainStep(self, config, chunk_size, tail)
+
+    def accuracy(self, activation: str, chunk_size: int | None = None) -> Any:
+        """accuracy(params, split) for networks with this activation (step.Accuracy)."""
+        from ..step import Accuracy
+
+        return Accuracy(self, activation, chunk_size)
+
     def check_dtype(self, dtype: str) -> None:
         """Raise BackendError when this backend cannot compute in dtype."""
         if not hasattr(self.xp, dtype):
