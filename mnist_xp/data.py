@@ -7,6 +7,7 @@ not match the format raises DataError naming the file and the problem.
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import warnings
 import zlib
@@ -124,8 +125,9 @@ def read_kaggle_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """
     path = Path(path)
     try:
-        # utf-8-sig: a byte-order mark (as some editors save) is skipped; pixel CSVs are ASCII
-        with path.open("r", encoding="utf-8-sig", newline="") as handle:
+        raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a BOM, as some editors save
+        # pixel CSVs are ASCII; anything else never reaches NumPy's parser
+        with io.StringIO(raw.decode("ascii"), newline="") as handle:
             header = handle.readline().strip().split(",")
             pixel_names = [f"pixel{i}" for i in range(PIXELS)]
             if header == ["label", *pixel_names]:
