@@ -156,13 +156,15 @@ def measure_case(backend: Backend, hidden: tuple[int, ...], dtype: str = "float3
             params, state, _ = train_step(model.params, train_step.initial_state(model.params),
                                           split)
             params, state = backend.ready((params, state))
-        W1 = params[0]
-        dZ1 = backend.asarray(np.random.default_rng(seed).standard_normal(
-            (rows, W1.shape[1])).astype(dtype), chunk_rows=chunk_size)
+        on_one_device = hasattr(split, "X")  # not spread over a cluster's workers
+        if on_one_device:
+            W1 = params[0]
+            dZ1 = backend.asarray(np.random.default_rng(seed).standard_normal(
+                (rows, W1.shape[1])).astype(dtype), chunk_rows=chunk_size)
 
-        def step() -> Any:
+        def step(batch: Any = split) -> Any:
             nonlocal params, state
-            params, state, _ = train_step(params, state, split)
+            params, state, _ = train_step(params, state, batch)
             return params, state
 
         def products() -> Any:
@@ -170,13 +172,25 @@ def measure_case(backend: Backend, hidden: tuple[int, ...], dtype: str = "float3
 
         for _ in range(warmup):
             backend.ready(step())
-            backend.ready(products())
+            if on_one_device:
+                backend.ready(products())
         step_s, product_s = [], []
+        moved_before = _moved(backend)
         for _ in range(repeats):
             step_s.append(backend.seconds(step))
-            product_s.append(backend.seconds(products))
+            if on_one_device:
+                product_s.append(backend.seconds(products))
+        cluster = {}
+        if not on_one_device:  # bytes on the wire, and what a step costs with no arithmetic
+            cluster["bytes_per_step"] = (_moved(backend) - moved_before) / repeats
+            cluster["parameter_bytes"] = sum(np.asarray(p).nbytes for p in params)
+            cluster["workers"] = len(backend.workers)
+            tiny = backend.to_device(images[:4 * len(backend.workers)],
+                                     labels[:4 * len(backend.workers)], dtype, 1)
+            cluster["overhead_ms"] = 1e3 * statistics.median(
+                backend.seconds(lambda: step(tiny)) for _ in range(max(5, repeats // 2)))
     step_ms = 1e3 * statistics.median(step_s)
-    product_ms = 1e3 * statistics.median(product_s)
+    product_ms = 1e3 * statistics.median(product_s) if product_s else None
     flops = flops_per_step(config.sizes, rows)
     if backend.on_gpu:
         peak_flops, peak_name = gpu_peak(backend.hardware, dtype, tf32)
@@ -189,11 +203,20 @@ def measure_case(backend: Backend, hidden: tuple[int, ...], dtype: str = "float3
             "tail": train_step.tail.name, "compiled": train_step.traces < warmup + 1,
             "rows": rows, "chunk_size": chunk_size, "repeats": repeats,
             "step_ms": step_ms, "products_ms": product_ms, "step_over_products":
-            step_ms / product_ms, "gflop_per_step": flops / 1e9, "gflops": gflops,
+            step_ms / product_ms if product_ms else None, "gflop_per_step": flops / 1e9,
+            "gflops": gflops,
             "peak_gflops": peak_flops / 1e9 if peak_flops else None,
             "percent_of_peak": 100 * gflops * 1e9 / peak_flops if peak_flops else None,
             "peak": peak_name, "to_device_ms": 1e3 * statistics.median(transfer_s),
-            "peak_memory_bytes": peak[0]}
+            "peak_memory_bytes": peak[0], **cluster}
+
+
+def _moved(backend: Backend) -> int:
+    """Bytes a cluster's steps have moved so far (0 off a cluster)."""
+    if not hasattr(backend, "traffic"):
+        return 0
+    traffic = backend.traffic()
+    return traffic.out + traffic.back + traffic.between
 
 
 def torch_step_ms(device: str, hidden: tuple[int, ...], dtype: str = "float32", *,

@@ -20,6 +20,8 @@ def library(case: dict[str, Any]) -> str:
     """The case's library, with 'jit' where its step was compiled (cases from before the
     library was recorded ran NumPy on the CPU and CuPy on a GPU)."""
     name = case.get("library") or ("numpy" if case["device"] == "cpu" else "cupy")
+    if case.get("workers"):
+        return f"{name} cluster, {case['workers']} worker{'s' if case['workers'] > 1 else ''}"
     return f"{name} jit" if case.get("compiled") else name
 
 
@@ -57,6 +59,24 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {_number(c['to_device_ms'])} | {_number(memory)} "
             f"| {_number(c.get('speedup_vs_cpu'), 2)} | {_number(c.get('torch_ms'), 2)} "
             f"| {_number(ours_over_torch, 2)} |")
+    clustered = [c for c in result["cases"] if c.get("workers")]
+    if clustered:
+        lines += ["", "On a Dask cluster: bytes on the network per step (parameters out, partial "
+                  "sums back, anything between workers), and the step's scheduling overhead (a "
+                  "step over one row per chunk, the same number of chunks):", "",
+                  "| backend | hidden | step ms | NumPy step ms | step / NumPy's | kB per step "
+                  "| × parameters | overhead ms | overhead share |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for c in clustered:
+            numpy_ms = c["step_ms"] * c["speedup_vs_cpu"] if c.get("speedup_vs_cpu") else None
+            lines.append(
+                f"| {library(c)} | {hidden_label(c['hidden'])} | {_number(c['step_ms'], 1)} "
+                f"| {_number(numpy_ms, 1)} "
+                f"| {_number(c['step_ms'] / numpy_ms if numpy_ms else None, 2)} "
+                f"| {_number(c['bytes_per_step'] / 1e3)} "
+                f"| {_number(c['bytes_per_step'] / c['parameter_bytes'], 2)} "
+                f"| {_number(c['overhead_ms'], 1)} "
+                f"| {_number(c['overhead_ms'] / c['step_ms'], 2)} |")
     lines += ["", "Peaks used for % of peak:"]
     for peak in dict.fromkeys(f"{c['device']}: {c['peak']}" for c in result["cases"]):
         lines.append(f"- {peak}")
@@ -84,6 +104,8 @@ def markdown(result: dict[str, Any]) -> str:
                         machine.get("libraries", {}).items()
                         if name not in ("numpy", "cupy", "torch"))
               + f", Python {machine['python']}."]
+    for cluster in machine.get("clusters", []):
+        lines.append(f"Cluster: {cluster}.")
     settings = machine.get("blas_settings")
     if settings:
         lines.append("BLAS settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".")

@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import json
+import logging
 import math
 import platform
 import shlex
@@ -66,6 +67,16 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
                              " numpy, cupy, torch, jax (jitted) or dask")
 
 
+def _add_cluster(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    parser.add_argument("--workers", type=int, metavar="N", nargs="+" if many else None,
+                        help="with --backend dask: start a local Dask cluster of N workers of "
+                             "one thread each and train on it" + (" (several counts: one "
+                                                                  "cluster each)" if many else ""))
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="with --backend dask: train on the running Dask cluster whose "
+                             "scheduler is at ADDRESS, e.g. tcp://10.0.0.5:8786")
+
+
 def _add_data(parser: argparse.ArgumentParser, default: str = "mnist") -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), help=f"(default: {default})")
     parser.add_argument("--data-dir", type=Path, metavar="DIR",
@@ -110,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
                           f"mini-batches ({FROM_PRESET})")
     run.add_argument("--seed", type=int, help=FROM_PRESET)
     run.add_argument("--dtype", choices=DTYPES, help=FROM_PRESET)
+    run.add_argument("--augment", type=int, metavar="K",
+                     help="train on K copies of the training set, each but the first shifted "
+                          "by up to 2 pixels (on a cluster, built on the workers; default: 1)")
     _add_device(run)
+    _add_cluster(run)
     _add_data(run, "mnist, or the checkpoint's with --resume")
     run.add_argument("--eval-every", type=int, metavar="K",
                      help="evaluate train and test accuracy every K steps (default: steps/10)")
@@ -199,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip time to 97%%/98%% (it trains `best` on the real data)")
     bench.add_argument("--accuracy-every", type=int, default=5, metavar="K",
                        help="check test accuracy every K steps for time to accuracy (default: 5)")
+    _add_cluster(bench, many=True)
     _add_data(bench)
     bench.add_argument("--json", type=Path, metavar="FILE", help="write the results as JSON")
     bench.add_argument("--markdown", type=Path, metavar="FILE", help="write the report there too")
@@ -209,7 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _backend(args: argparse.Namespace) -> Backend:
-    backend = select_backend(args.device, args.backend)
+    if getattr(args, "workers", None) or getattr(args, "scheduler", None):
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # a worker lost, not chatter
+    backend = select_backend(args.device, args.backend, workers=getattr(args, "workers", None),
+                             scheduler=getattr(args, "scheduler", None))
     note = f" ({backend.note})" if backend.note else ""
     print(f"device: {backend.name}{note}")
     return backend
@@ -264,7 +283,7 @@ def _stop_on_signals() -> Iterator[Callable[[], str | None]]:
 
 # The Config fields the train command takes as flags (batch size is parsed on its own).
 CONFIG_FLAGS = ("hidden", "activation", "output", "loss", "optimizer", "lr", "momentum",
-                "weight_decay", "steps", "epochs", "seed", "dtype")
+                "weight_decay", "steps", "epochs", "seed", "dtype", "augment")
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
@@ -313,6 +332,18 @@ def _pace(seconds: float, steps_left: int) -> None:
           f"evaluations not counted", flush=True)
 
 
+def _print_traffic(traffic: Any, params: list[Any]) -> None:
+    """On a cluster: what the steps moved over the network (backends.cluster.Traffic)."""
+    size = sum(np.asarray(p).nbytes for p in params)
+    moved = ("no data chunk moved between workers" if not traffic.chunks_moved else
+             f"{traffic.chunks_moved} data chunk transfers between workers (is work stealing "
+             f"on? distributed.scheduler.work-stealing: false keeps data in place)")
+    print(f"network: {traffic.per_step / 1e3:.1f} kB per step, {traffic.per_step / size:.2f}x "
+          f"the {size / 1e3:.1f} kB of parameters (out {traffic.out / 1e3:.0f} kB, back "
+          f"{traffic.back / 1e3:.0f} kB, between workers {traffic.between / 1e3:.0f} kB over "
+          f"{traffic.steps} steps); {moved}")
+
+
 def _keep(path: Path, flag: str, write: Callable[[BinaryIO], object]) -> str | None:
     """Write an output of a finished run; when that fails, say where it was kept instead."""
     try:
@@ -336,27 +367,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"resuming {args.resume} at step {checkpoint.step}: {config.describe()}")
     else:
         print(f"preset {args.preset or 'best'}: {config.describe()}, seed {config.seed}")
-    backend = _backend(args)
-    backend.check_dtype(config.dtype)
-    data = load_dataset(dataset, args.data_dir, progress=not args.quiet)
-    print(f"data: {data.name}, train {data.train_images.shape} test {data.test_images.shape} "
-          f"uint8 -> {config.dtype} in [0, 1]")
-    with _stop_on_signals() as stop_requested:
-        try:
-            model, history = train(
-                data, backend, config, eval_every=args.eval_every, log_every=args.log_every,
-                chunk_size=args.chunk_size, progress=not args.quiet, checkpoint=args.checkpoint,
-                checkpoint_every=args.checkpoint_every, resume=checkpoint,
-                should_stop=stop_requested, on_pace=_pace)
-        except Interrupted as exc:
-            signum = signal.SIGTERM if stop_requested() == "SIGTERM" else signal.SIGINT
-            raise Interrupted(str(exc), 128 + signum) from None
+    with _backend(args) as backend:
+        backend.check_dtype(config.dtype)
+        data = load_dataset(dataset, args.data_dir, progress=not args.quiet)
+        print(f"data: {data.name}, train {data.train_images.shape} test "
+              f"{data.test_images.shape} uint8 -> {config.dtype} in [0, 1]")
+        with _stop_on_signals() as stop_requested:
+            try:
+                model, history = train(
+                    data, backend, config, eval_every=args.eval_every, log_every=args.log_every,
+                    chunk_size=args.chunk_size, progress=not args.quiet,
+                    checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+                    resume=checkpoint, should_stop=stop_requested, on_pace=_pace)
+            except Interrupted as exc:
+                signum = signal.SIGTERM if stop_requested() == "SIGTERM" else signal.SIGINT
+                raise Interrupted(str(exc), 128 + signum) from None
+        traffic = backend.traffic() if hasattr(backend, "traffic") else None
     last = history.last
     rate = history.steps_here / history.seconds_here if history.seconds_here > 0 else math.inf
     here = "" if history.first_step == 1 else f", {history.steps_here} of them in this run,"
     print(f"done: {history.steps} steps{here} in {history.seconds_here:.1f} s ({rate:.1f} "
           f"steps/s); train accuracy {last['train_accuracy']:.2%}, test accuracy "
           f"{last['test_accuracy']:.2%}, final loss {history.final_loss:.4f}")
+    if traffic is not None:
+        _print_traffic(traffic, model.params)
     problems = []
     if args.save:
         problem = _keep(args.save, "--save", model.npz_writer(extra={"history": history.records}))
@@ -372,6 +406,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             "seconds_this_run": history.seconds_here, "steps_per_second": rate,
             "train_accuracy": last["train_accuracy"], "test_accuracy": last["test_accuracy"],
             "final_loss": history.final_loss, "history": history.records,
+            **({"bytes_per_step": traffic.per_step, "traffic": traffic._asdict()}
+               if traffic else {}),
             "mnist_xp_version": __version__}, indent=2) + "\n"
         problem = _keep(args.metrics_out, "--metrics-out", lambda h: h.write(text.encode()))
         problems.append(problem)
@@ -642,54 +678,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_output(path, flag, example)
     if args.plot:
         pyplot()  # a missing plot extra is a usage error before the timings, not after
-    backends = _bench_backends(args.device, args.backend)
+    if args.workers or args.scheduler:  # NumPy here, then each cluster in turn
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        if args.backend != ["dask"]:
+            raise UsageError("--workers and --scheduler are for --backend dask")
+        backends = [select_backend("cpu")]
+        clusters = [{"workers": n} for n in args.workers or []]
+        clusters += [{"scheduler": args.scheduler}] if args.scheduler else []
+    else:
+        backends, clusters = _bench_backends(args.device, args.backend), []
+    machine = bench.machine_description(backends)  # before a cluster sets BLAS threads to 1
     data = None
     if not args.no_accuracy:
         data = load_dataset(args.dataset or "mnist", args.data_dir, progress=True)
-    tf32_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.tf32]
     torch_ms: dict[tuple[Any, ...], float] = {}  # the hand-written step, once per device
-    cases = []
+    cases, cluster_names = [], []
     for backend in backends:
-        print(f"device: {backend.name}", flush=True)
-        tails = [backend.tail]
-        if backend.tail.name != "array-api":
-            from .nn import ARRAY_API_TAIL
-
-            tails.append(ARRAY_API_TAIL)
-        modes = (False,)
-        if backend.on_gpu and args.dtype == "float32":
-            modes = tf32_modes if backend.supports_tf32 else (False,)
-            if True in tf32_modes and not backend.supports_tf32:
-                print(f"bench: no TF32 case on {backend.name}: TF32 needs compute capability "
-                      f"8.0 or later")
-        torch_device = None if args.no_torch else _torch_device(backend)
-        for hidden in args.hidden:
-            for tf32 in modes:
-                key = (torch_device, tuple(hidden), tf32)
-                if torch_device and key not in torch_ms:
-                    torch_ms[key] = bench.torch_step_ms(
-                        torch_device, hidden, args.dtype, tf32=tf32, rows=args.rows,
-                        repeats=args.repeats, warmup=args.warmup)
-                for tail in tails:
-                    case = bench.measure_case(
-                        backend, hidden, args.dtype, tf32=tf32, tail=tail, rows=args.rows,
-                        repeats=args.repeats, warmup=args.warmup, chunk_size=args.chunk_size)
-                    if key in torch_ms:
-                        case["torch_ms"] = torch_ms[key]
-                    print(f"  {backend.library} {bench_report.hidden_label(hidden)} {args.dtype} "
-                          f"tf32={case['tf32']} {case['tail']}: {case['step_ms']:.2f} ms/step",
-                          flush=True)
-                    cases.append(case)
+        cases += _bench_backend(backend, args, torch_ms)
+    for where in clusters:
+        with select_backend("cpu", "dask", **where) as backend:
+            cluster_names.append(backend.name)
+            cases += _bench_backend(backend, args, torch_ms)
     bench_report.add_speedups(cases)
     accuracy = []
     if data is not None:
         for backend in backends:
             print(f"time to accuracy on {backend.device_name} (best preset)...", flush=True)
             accuracy.append(bench.time_to_accuracy(data, backend, eval_every=args.accuracy_every))
+    if cluster_names:
+        machine["clusters"] = cluster_names
     result = {"command": args.command_line,
               "rows": args.rows, "repeats": args.repeats, "warmup": args.warmup,
-              "machine": bench.machine_description(backends), "cases": cases,
-              "accuracy": accuracy}
+              "machine": machine, "cases": cases, "accuracy": accuracy}
     report = bench_report.markdown(result)
     print(report)
     if args.json:
@@ -699,6 +719,47 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.plot:
         bench_report.plot(result, args.plot)
     return 0
+
+
+def _bench_backend(backend: Backend, args: argparse.Namespace,
+                   torch_ms: dict[tuple[Any, ...], float]) -> list[dict[str, Any]]:
+    """The cases of one backend: every hidden size, TF32 mode (GPUs that have it) and tail
+    (CuPy's fused and the reference), with the hand-written torch step beside them."""
+    from . import bench, bench_report
+
+    print(f"device: {backend.name}", flush=True)
+    tails = [backend.tail]
+    if backend.tail.name != "array-api":
+        from .nn import ARRAY_API_TAIL
+
+        tails.append(ARRAY_API_TAIL)
+    tf32_modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.tf32]
+    modes = (False,)
+    if backend.on_gpu and args.dtype == "float32":
+        modes = tf32_modes if backend.supports_tf32 else (False,)
+        if True in tf32_modes and not backend.supports_tf32:
+            print(f"bench: no TF32 case on {backend.name}: TF32 needs compute capability 8.0 "
+                  f"or later")
+    torch_device = None if args.no_torch else _torch_device(backend)
+    cases = []
+    for hidden in args.hidden:
+        for tf32 in modes:
+            key = (torch_device, tuple(hidden), tf32)
+            if torch_device and key not in torch_ms:
+                torch_ms[key] = bench.torch_step_ms(
+                    torch_device, hidden, args.dtype, tf32=tf32, rows=args.rows,
+                    repeats=args.repeats, warmup=args.warmup)
+            for tail in tails:
+                case = bench.measure_case(
+                    backend, hidden, args.dtype, tf32=tf32, tail=tail, rows=args.rows,
+                    repeats=args.repeats, warmup=args.warmup, chunk_size=args.chunk_size)
+                if key in torch_ms:
+                    case["torch_ms"] = torch_ms[key]
+                print(f"  {bench_report.library(case)} {bench_report.hidden_label(hidden)} "
+                      f"{args.dtype} tf32={case['tf32']} {case['tail']}: "
+                      f"{case['step_ms']:.2f} ms/step", flush=True)
+                cases.append(case)
+    return cases
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -37,6 +37,7 @@ class Config:
     epochs: int | None = None
     seed: int = 0
     dtype: str = "float32"
+    augment: int = 1  # copies of the training set (mnist_xp.augment): 1 is the set as it is
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -55,7 +56,7 @@ class Config:
             raise UsageError(f"momentum must lie in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise UsageError(f"weight decay must be >= 0, got {self.weight_decay}")
-        for name in ("steps", "batch_size", "epochs"):
+        for name in ("steps", "batch_size", "epochs", "augment"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
@@ -72,7 +73,8 @@ class Config:
         return (PIXELS, *self.hidden, CLASSES)
 
     def total_steps(self, n_train: int) -> int:
-        """Optimizer steps for a training set of n_train rows."""
+        """Optimizer steps for a training set of n_train rows (before augmentation)."""
+        n_train *= self.augment
         if self.batch_size is not None and self.batch_size > n_train:
             raise UsageError(f"batch size {self.batch_size} is larger than the "
                              f"{n_train} training images")
@@ -88,8 +90,9 @@ class Config:
         by_epoch = self.batch_size is not None and self.epochs is not None
         length = f"{self.epochs} epochs" if by_epoch else f"{self.steps} steps"
         decay = f", weight decay {self.weight_decay:g}" if self.weight_decay else ""
+        copies = f", {self.augment} shifted copies of the data" if self.augment > 1 else ""
         return (f"{shape} {acts}{self.output}+{self.loss}, {self.optimizer} lr={self.lr:g}"
-                f"{decay}, {batch}, {length}")
+                f"{decay}, {batch}, {length}{copies}")
 
     def replace(self, **changes: Any) -> Config:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -33,6 +33,7 @@ class Dataset(NamedTuple):
     test_images: np.ndarray
     test_labels: np.ndarray
     name: str = "mnist"
+    source: str | None = None  # the folder of the IDX files it was read from, if any
 
 
 def read_payload(path: str | Path) -> bytes:

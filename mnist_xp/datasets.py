@@ -13,6 +13,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,6 +23,15 @@ from .errors import DataError, DownloadError, UsageError
 
 SPLIT_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+class Origin(NamedTuple):
+    """Where a split's rows are on disk: its dataset, the folder of its IDX files (None: not
+    from files) and which split, so that a worker of a cluster can read them itself."""
+
+    dataset: str
+    folder: str | None
+    split: str  # "train" or "test"
 
 
 @dataclass(frozen=True)
@@ -133,7 +143,8 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, *,
     if not test_only:
         check_split(train_images, train_labels, f"{folder} (train split)")
     check_split(test_images, test_labels, f"{folder} (test split)")
-    return Dataset(train_images, train_labels, test_images, test_labels, name)
+    return Dataset(train_images, train_labels, test_images, test_labels, name,
+                   str(folder.resolve()))
 
 
 def train_rows(name: str = "mnist", data_dir: str | Path | None = None) -> int:

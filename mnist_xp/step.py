@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from array_api_compat import array_namespace
 
-from . import nn
+from . import augment, nn
 from .backends import Backend
 from .config import Config
 from .data import CLASSES
@@ -44,8 +44,10 @@ class DeviceSplit(NamedTuple):
 
 
 def to_device(backend: Backend, images: np.ndarray, labels: np.ndarray, dtype: str,
-              chunk_rows: int | None = None) -> DeviceSplit:
-    """A split on the device, computed (persisted on Dask, in chunks of chunk_rows rows)."""
+              chunk_rows: int | None = None, copies: int = 1, seed: int = 0) -> DeviceSplit:
+    """A split on the device, computed (persisted on Dask, in chunks of chunk_rows rows), with
+    `copies` shifted copies of the images (mnist_xp.augment) built on the host first."""
+    images, labels = augment.copies(images, labels, copies, seed)
     X = scale_images(backend, images, dtype, chunk_rows)
     integral = backend.xp.__array_namespace_info__().default_dtypes(
         device=backend.device)["integral"]

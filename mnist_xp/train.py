@@ -23,6 +23,7 @@ from .backends import Backend, select_backend
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import LENGTH, Config, resolve
 from .data import CLASSES, Dataset
+from .datasets import Origin
 from .errors import DeviceMemoryError, DivergenceError, Interrupted, UsageError
 from .model import MLP
 from .presets import get_preset
@@ -203,10 +204,12 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
     resume = saving.resume
     # Divergence is caught from the loss below, so NumPy's overflow warnings would only be noise.
     with backend.activate(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        train_split = backend.to_device(data.train_images, data.train_labels, config.dtype,
-                                        chunk_size)
+        train_split = backend.to_device(
+            data.train_images, data.train_labels, config.dtype, chunk_size,
+            copies=config.augment, seed=config.seed,
+            origin=Origin(data.name, data.source, "train"))
         test_split = backend.to_device(data.test_images, data.test_labels, config.dtype,
-                                       chunk_size)
+                                       chunk_size, origin=Origin(data.name, data.source, "test"))
         model = (MLP.initialise(config, backend) if resume is None else
                  MLP.from_host(config, resume.params, backend))
         model.dataset = data.name

@@ -26,8 +26,8 @@ IMPOSSIBLE = {
                        "torch or jax",
     ("cupy", "cpu"): "CuPy runs on CUDA GPUs only: for --device cpu use --backend numpy, "
                      "torch, jax or dask",
-    ("dask", "cuda"): "--backend dask computes NumPy chunks on the CPU: for --device cuda use "
-                      "--backend cupy, torch or jax",
+    ("dask", "cuda"): "--backend dask computes NumPy chunks on the CPU; for --device cuda use "
+                      "--backend cupy, torch or jax, or a GPU cluster (--workers N, dask-cuda)",
 }
 
 
@@ -63,16 +63,33 @@ def _library_module(library: str):
         raise BackendError(f"{library} is installed but failed to import: {exc}") from None
 
 
-def select_backend(device: str = "auto", backend: str = "auto") -> Backend:
+def select_backend(device: str = "auto", backend: str = "auto", *, workers: int | None = None,
+                   scheduler: str | None = None) -> Backend:
     """The Backend for a --device and --backend pair.
 
     backend 'auto': NumPy for --device cpu, CuPy for cuda[:N], and for --device auto CuPy when
-    it imports and sees a GPU, else NumPy (its `note` says why).
+    it imports and sees a GPU, else NumPy (its `note` says why). With `workers` (a LocalCluster
+    of that many workers started here) or `scheduler` (the address of a running Dask
+    scheduler), --backend dask trains on a cluster (backends/cluster.py); close() it after.
     """
     kind, index = parse_device(device)
     library = backend.strip().lower()
     if library not in ("auto", *LIBRARIES):
         raise UsageError(f"unknown backend {backend!r}: use auto, {', '.join(LIBRARIES)}")
+    if workers is not None or scheduler is not None:
+        if library != "dask":
+            raise UsageError("--workers and --scheduler are for --backend dask")
+        if workers is not None and scheduler is not None:
+            raise UsageError("--workers starts a cluster here, --scheduler joins one: give one")
+        if workers is not None and workers < 1:
+            raise UsageError(f"--workers {workers}: must be at least 1")
+        _library_module("dask")
+        try:
+            from . import cluster
+        except ImportError as exc:
+            raise LibraryMissing(f"--backend dask on a cluster needs dask.distributed "
+                                 f"({exc.name}): pip install {EXTRAS['dask']}") from None
+        return cluster.start(workers, scheduler, gpu=kind == "cuda")
     if library == "auto":
         if kind == "cpu":
             return numpy_backend()

@@ -154,11 +154,14 @@ class Backend:
         return contextlib.nullcontext()
 
     def to_device(self, images: np.ndarray, labels: np.ndarray, dtype: str,
-                  chunk_rows: int | None = None) -> Any:
-        """uint8 images and labels as a split on this backend (step.to_device's DeviceSplit)."""
+                  chunk_rows: int | None = None, *, copies: int = 1, seed: int = 0,
+                  origin: Any = None) -> Any:
+        """uint8 images and labels as a split on this backend (step.to_device's DeviceSplit),
+        with `copies` shifted copies (mnist_xp.augment). `origin` (datasets.Origin) says which
+        files they came from, for backends whose workers read the data themselves."""
         from ..step import to_device
 
-        return to_device(self, images, labels, dtype, chunk_rows)
+        return to_device(self, images, labels, dtype, chunk_rows, copies, seed)
 
     def train_step(self, config: Any, chunk_size: int | None = None, tail: Any = None) -> Any:
         """The training step for config (step.TrainStep), built once per configuration."""
@@ -244,6 +247,15 @@ class Backend:
     def is_out_of_memory(self, exc: BaseException) -> bool:
         """Whether exc means that the device ran out of memory."""
         return isinstance(exc, MemoryError)
+
+    def close(self) -> None:
+        """Let go of what the backend holds beyond arrays (a cluster); nothing here."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __str__(self) -> str:
         return self.name

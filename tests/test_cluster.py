@@ -1,0 +1,191 @@
+"""Training on a Dask cluster (backends/cluster.py), on a LocalCluster of two single-thread
+worker processes: NumPy's numbers, data that stays on its workers and only parameters and
+gradients on the wire, a worker that dies mid-run, resume, the command line."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import types
+
+import pytest
+
+from mnist_xp import Config, train
+from mnist_xp.backends import numpy_backend, select_backend
+from mnist_xp.checkpoint import load_checkpoint
+from mnist_xp.cli import main
+from mnist_xp.datasets import Origin, load_dataset
+from mnist_xp.errors import BackendError, UsageError
+
+from conftest import assert_close, importorskip
+
+CASES = {
+    "full-batch sgd": Config(hidden=(16,), optimizer="sgd", lr=0.5),
+    "full-batch adam": Config(hidden=(16, 8), optimizer="adam", lr=3e-3, weight_decay=1e-4),
+    "mini-batch sgd": Config(hidden=(16,), optimizer="sgd", lr=0.1, batch_size=50),
+    "mini-batch adam": Config(hidden=(12,), activation="tanh", output="sigmoid", loss="mse",
+                              optimizer="adam", lr=3e-3, batch_size=64),
+}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    importorskip("distributed")
+    backend = select_backend("cpu", "dask", workers=2)
+    yield backend
+    backend.close()
+
+
+def _agree(got, want, dtype="float32"):
+    for a, b in zip(got.host_params(), want.host_params()):
+        assert_close(a, b, dtype, scale=10)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_five_steps_agree_with_numpy(cluster, tiny_data, case):
+    config = CASES[case].replace(steps=5)
+    model, history = train(tiny_data, cluster, config, eval_every=5, log_every=1)
+    reference, ref_history = train(tiny_data, numpy_backend(), config, eval_every=5, log_every=1)
+    _agree(model, reference)
+    assert history.final_loss == pytest.approx(ref_history.final_loss, rel=1e-5)
+    assert history.last["test_accuracy"] == ref_history.last["test_accuracy"]
+
+
+def test_the_data_stays_on_its_workers_and_only_parameters_travel(cluster, tiny_dir):
+    """Read from files the workers can reach; then per step the parameters go out (one copy
+    per worker) and one partial sum per worker comes back: 4x the parameters on 2 workers,
+    whatever the number of rows, and no data chunk ever moves."""
+    data = load_dataset("mnist", tiny_dir)
+    split = cluster.to_device(data.train_images, data.train_labels, "float32",
+                              origin=Origin("mnist", data.source, "train"))
+    assert split.read_on_workers and len(split.chunks) == 8  # 4 a worker
+    before = cluster.traffic()
+    config = Config(hidden=(16,), optimizer="adam", steps=6)
+    model, _ = train(data, cluster, config, eval_every=6)
+    after = cluster.traffic()
+    size = sum(p.nbytes for p in model.host_params())
+    steps = after.steps - before.steps
+    per_step = (after.out + after.back - before.out - before.back) / steps
+    assert steps == 6 and per_step <= 4 * size + 64  # the losses' few bytes aside
+    assert after.chunks_moved == 0 and after.between == before.between
+
+
+def test_copies_built_on_the_workers_are_the_copies_built_here(cluster, tiny_data):
+    config = Config(hidden=(16,), optimizer="adam", lr=3e-3, augment=3, steps=4)
+    model, history = train(tiny_data, cluster, config, eval_every=4)
+    reference, _ = train(tiny_data, numpy_backend(), config, eval_every=4)
+    _agree(model, reference)
+    assert history.steps == 4
+
+
+def test_resume_on_the_cluster_equals_straight_through(cluster, tiny_data, tmp_path):
+    config = Config(hidden=(16,), optimizer="adam", lr=3e-3, batch_size=70, steps=8)
+    straight, _ = train(tiny_data, cluster, config, eval_every=4)
+    path = tmp_path / "half.npz"
+    train(tiny_data, cluster, config.replace(steps=4), eval_every=4, checkpoint=path)
+    resumed, history = train(tiny_data, cluster, config, eval_every=4,
+                             resume=load_checkpoint(path), steps=8)
+    _agree(resumed, straight)
+    assert history.steps == 8
+
+
+async def _crash() -> None:
+    os._exit(1)
+
+
+def test_a_worker_that_dies_mid_run_is_replaced_and_the_run_goes_on(tiny_data):
+    """Its chunks are built again from their recipes on the worker left (and the one its nanny
+    starts); the run ends with NumPy's weights."""
+    importorskip("distributed")
+    config = Config(hidden=(16,), optimizer="adam", lr=3e-3, steps=8)
+    with select_backend("cpu", "dask", workers=2) as backend:
+        victim = backend.workers[1]
+        steps = []
+
+        def kill_at_step_3() -> bool:
+            steps.append(1)
+            if len(steps) == 3:  # the worker's process exits at once, as a crash would
+                backend.client.run(_crash, workers=[victim], wait=False)
+            return False
+
+        model, history = train(tiny_data, backend, config, eval_every=4,
+                               should_stop=kill_at_step_3)
+        assert victim not in backend.workers or history.steps == 8
+    reference, _ = train(tiny_data, numpy_backend(), config, eval_every=4)
+    _agree(model, reference)
+    assert history.steps == 8 and math.isfinite(history.final_loss)
+
+
+def test_the_command_line_trains_on_a_cluster_and_prints_the_traffic(tiny_dir, capsys):
+    importorskip("distributed")
+    assert main(["train", "--backend", "dask", "--workers", "2", "--preset", "relu10",
+                 "--steps", "5", "--quiet", "--device", "cpu", "--data-dir", str(tiny_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "(a LocalCluster started here): 2 workers × 1 thread" in out
+    assert "network: " in out and "4.00x the " in out and "no data chunk moved" in out
+
+
+@pytest.mark.parametrize("flags,error,message", [
+    (["--workers", "2"], UsageError, "--workers and --scheduler are for --backend dask"),
+    (["--backend", "dask", "--workers", "0"], UsageError, "--workers 0: must be at least 1"),
+    (["--backend", "dask", "--workers", "2", "--scheduler", "tcp://x:1"], UsageError,
+     "give one"),
+])
+def test_cluster_flags_are_checked(flags, error, message, tiny_dir, capsys):
+    assert main(["train", "--preset", "relu10", "--quiet", "--data-dir", str(tiny_dir),
+                 *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_scheduler_at_the_address_is_one_line(monkeypatch):
+    importorskip("distributed")
+    monkeypatch.setattr("mnist_xp.backends.cluster.CONNECT_TIMEOUT_S", 2)
+    with pytest.raises(BackendError, match="--scheduler tcp://127.0.0.1:9: no Dask scheduler"):
+        select_backend("cpu", "dask", scheduler="tcp://127.0.0.1:9")
+
+
+def test_work_the_cluster_cannot_redo_stops_the_run_and_keeps_the_checkpoint(
+        cluster, tiny_data, tmp_path, monkeypatch):
+    """A task whose workers kept dying (KilledWorker): one line, and the checkpoint of the last
+    evaluation is the one on disk."""
+    from distributed import KilledWorker
+
+    from mnist_xp.backends.cluster import ClusterError
+
+    path = tmp_path / "run.npz"
+    steps = []
+    real = type(cluster).gradient
+
+    def dies_at_step_5(self, *args):
+        steps.append(1)
+        if len(steps) == 5:
+            raise KilledWorker("worker_gradient-1",
+                               types.SimpleNamespace(address="tcp://10.0.0.7:4242"), 3)
+        return real(self, *args)
+
+    monkeypatch.setattr(type(cluster), "gradient", dies_at_step_5)
+    with pytest.raises(ClusterError, match=r"KilledWorker.*resume from its last checkpoint"):
+        train(tiny_data, cluster, Config(hidden=(8,), steps=10), eval_every=2, checkpoint=path)
+    assert load_checkpoint(path).step == 4
+
+
+def test_sigterm_stops_a_cluster_run_with_its_checkpoint(tiny_dir, tmp_path):
+    importorskip("distributed")
+    path = tmp_path / "run.npz"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mnist_xp", "train", "--backend", "dask", "--workers", "2",
+         "--preset", "relu10", "--steps", "100000", "--device", "cpu", "--quiet",
+         "--data-dir", str(tiny_dir), "--checkpoint", str(path), "--checkpoint-every", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if line.startswith("pace:"):
+            break
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "stopped by SIGTERM after step" in err and "Traceback" not in err
+    assert load_checkpoint(path).step >= 2
