@@ -2,10 +2,12 @@
 namespace (NumPy, CuPy, torch, JAX, Dask, array_api_strict, ...). Nothing here imports an array
 library or asks which one it runs on: each function asks its arrays for their namespace.
 
-Every function returns what it computes, and callers use what is returned. An in-place operator
-(`Z += b`) appears only on an array the function itself made, or that its caller hands over and
-no longer reads: it reuses the memory on NumPy, CuPy and torch, and quietly makes a new array on
-JAX (immutable) and Dask (lazy), which is then just as correct because the result is returned.
+Every function returns what it computes, and callers use what is returned. The hot element-wise
+work over (m, H) arrays writes into an array the function itself made, or that its caller hands
+over and no longer reads (add_into, multiply_into): in place where array_api_compat says the
+array is writeable (NumPy, CuPy, torch), which spares an allocation and a pass over memory per
+operation, and as a new array elsewhere (JAX). Dask calls its arrays writeable, but there `a += b` makes a new array too, which
+is just as correct, because the result is what is returned.
 
 Notation, for a batch of m rows and layers l = 1..L:
     Z_l = A_{l-1}·W_l + b_l        A_0 = X
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from array_api_compat import array_namespace, device
+from array_api_compat import array_namespace, device, is_writeable_array
 
 Array = Any
 HIDDEN_ACTIVATIONS = ("relu", "sigmoid", "tanh")
@@ -27,12 +29,27 @@ OUTPUTS = ("softmax", "sigmoid")
 LOSSES = ("ce", "mse")
 
 
+def add_into(a: Array, b: Array) -> Array:
+    """a + b, written into a where a is writeable (a is given up by the caller)."""
+    if is_writeable_array(a):
+        a += b
+        return a
+    return a + b
+
+
+def multiply_into(a: Array, b: Array) -> Array:
+    """a ⊙ b, written into a where a is writeable (a is given up by the caller)."""
+    if is_writeable_array(a):
+        a *= b
+        return a
+    return a * b
+
+
 def relu_with_slope(Z: Array) -> tuple[Array, Array]:
     """A = relu(z) = max(z, 0) = z·[z > 0]; slope [z > 0]. Consumes Z (A may reuse it)."""
     xp = array_namespace(Z)
     slope = xp.astype(Z > 0, Z.dtype)
-    Z *= slope
-    return Z, slope
+    return multiply_into(Z, slope), slope
 
 
 def sigmoid(Z: Array) -> Array:
@@ -100,14 +117,12 @@ def output_probabilities(output: str, logits: Array) -> Array:
 
 def bias_relu(Z: Array, b: Array) -> tuple[Array, Array]:
     """A = relu(Z + b), and its slope [Z + b > 0]. Consumes Z."""
-    Z += b
-    return relu_with_slope(Z)
+    return relu_with_slope(add_into(Z, b))
 
 
 def times_slope(dA: Array, slope: Array) -> Array:
     """dZ = dA ⊙ g'(Z). Consumes dA."""
-    dA *= slope
-    return dA
+    return multiply_into(dA, slope)
 
 
 def softmax_ce_gradient(logits: Array, Y: Array, rows: int) -> Array:
@@ -151,13 +166,11 @@ def forward(params: list[Array], X: Array, activation: str, tail: Tail = ARRAY_A
         W, b = params[2 * layer], params[2 * layer + 1]
         Z = inputs[-1] @ W
         if layer == last:
-            Z += b  # Z = A·W + b; Z is this function's own
-            return inputs, slopes, Z
+            return inputs, slopes, add_into(Z, b)  # Z = A·W + b; Z is this function's own
         if activation == "relu":
             A, slope = tail.bias_relu(Z, b)
         else:
-            Z += b
-            A, slope = g(Z)
+            A, slope = g(add_into(Z, b))
         inputs.append(A)
         slopes.append(slope)
     raise ValueError("a network needs at least one layer")
