@@ -6,8 +6,8 @@ Every function returns what it computes, and callers use what is returned. The h
 work over (m, H) arrays writes into an array the function itself made, or that its caller hands
 over and no longer reads (add_into, multiply_into): in place where array_api_compat says the
 array is writeable (NumPy, CuPy, torch), which spares an allocation and a pass over memory per
-operation, and as a new array elsewhere (JAX). Dask calls its arrays writeable, but there `a += b` makes a new array too, which
-is just as correct, because the result is what is returned.
+operation, and as a new array elsewhere (JAX). Dask calls its arrays writeable, but there
+`a += b` makes a new array too, which is just as correct: the result is what is returned.
 
 Notation, for a batch of m rows and layers l = 1..L:
     Z_l = A_{l-1}·W_l + b_l        A_0 = X

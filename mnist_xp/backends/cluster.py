@@ -466,7 +466,7 @@ def start(workers: int | None, scheduler: str | None, gpu: bool) -> ClusterBacke
         except (OSError, TimeoutError) as exc:
             raise BackendError(f"--scheduler {scheduler}: no Dask scheduler answered "
                                f"({exc})") from None
-        return ClusterBackend(client, gpu=gpu)
+        return _backend(client, None, gpu)
     with dask.config.set({"distributed.scheduler.work-stealing": False}):
         if gpu:
             try:
@@ -479,4 +479,16 @@ def start(workers: int | None, scheduler: str | None, gpu: bool) -> ClusterBacke
         else:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=":0", silence_logs=logging.ERROR)
-    return ClusterBackend(Client(cluster), cluster, gpu=gpu)
+    return _backend(Client(cluster), cluster, gpu)
+
+
+def _backend(client: Client, cluster: LocalCluster | None, gpu: bool) -> ClusterBackend:
+    """The backend over this client; the client (and a cluster started here) closed again if
+    the backend cannot be made, so that no worker process outlives the error."""
+    try:
+        return ClusterBackend(client, cluster, gpu=gpu)
+    except BaseException:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+        raise
