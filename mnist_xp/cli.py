@@ -624,17 +624,27 @@ BENCH_PAIRS = {"cpu": ("numpy", "torch", "jax", "dask"), "cuda": ("cupy", "torch
 def _bench_backends(device: str, libraries: list[str]) -> list[Backend]:
     """The backends to time: `auto` is NumPy on the CPU and CuPy on CUDA, `all` every library
     on every device it can use; a pair that cannot run is skipped with a line saying why."""
-    from .backends import LibraryMissing
+    from .backends import IMPOSSIBLE, LibraryMissing, parse_device
 
     device = device.strip().lower()
+    if device != "all":
+        try:
+            kind, _ = parse_device(device)
+        except UsageError:
+            kind = "auto"
+        if kind == "auto":
+            raise UsageError(f"bench --device {device}: use all (the CPU, and CUDA when "
+                             f"usable), cpu, cuda or cuda:N")
     kinds = ["cpu", "cuda"] if device == "all" else [device]
     wanted = set(LIBRARIES) if "all" in libraries else set(libraries)
-    backends = []
+    backends, why_not = [], []
     for kind in kinds:
         base = kind.split(":")[0]
-        allowed = BENCH_PAIRS.get(base, ())
-        names = ([{"cpu": "numpy", "cuda": "cupy"}.get(base, "auto")] if "auto" in wanted
+        allowed = BENCH_PAIRS[base]
+        names = ([{"cpu": "numpy", "cuda": "cupy"}[base]] if "auto" in wanted
                  else []) + [n for n in LIBRARIES if n in wanted and n in allowed]
+        why_not += [IMPOSSIBLE[n, base] for n in LIBRARIES if n in wanted and n not in allowed
+                    and (n, base) in IMPOSSIBLE]
         for library in dict.fromkeys(names):
             try:
                 backend = select_backend(kind, library)
@@ -649,7 +659,7 @@ def _bench_backends(device: str, libraries: list[str]) -> list[Backend]:
             backends.append(backend)
     if not backends:
         raise UsageError(f"nothing to benchmark for --device {device} --backend "
-                         f"{' '.join(libraries)}")
+                         f"{' '.join(libraries)}" + (f": {'; '.join(why_not)}" if why_not else ""))
     return backends
 
 

@@ -1,6 +1,8 @@
 """Gradient-descent updates as functions: `update(params, grads, state)` returns the new
-parameters and the new state, and changes nothing it was given, so the same code is correct on
-libraries whose arrays are immutable (JAX) or lazy (Dask). Written once for any Array API
+parameters and the new state, and callers use only what it returns, so the same code is
+correct on libraries whose arrays are immutable (JAX) or lazy (Dask). The Array API code here
+changes nothing it was given; a fused Adam kernel (CuPy's) writes its results into p, m and v
+and returns them, which is the same to a caller that rebinds. Written once for any Array API
 namespace: nothing here imports an array library.
 
 The state is a dict of arrays: the step count t (a 0-d array of the parameters' dtype, so that

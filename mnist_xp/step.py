@@ -2,9 +2,10 @@
 jitted on JAX, with fused kernels on CuPy, persisted on Dask, plain elsewhere. `train` and
 `bench` run the very same TrainStep.
 
-    params, state, loss = step(params, state, X, Y, with_loss)
+    split = backend.to_device(images, labels, dtype)       # a DeviceSplit: X, y, one-hot Y
+    params, state, loss = step(params, state, split, with_loss)
 
-is forward, backward and the optimizer's update over the rows of X (in chunks of `chunk_size`
+is forward, backward and the optimizer's update over the rows of split.X (in chunks of `chunk_size`
 rows whose gradients are summed: the same full-batch gradient). It returns new parameters and
 optimizer state; the caller uses those from then on.
 """

@@ -148,6 +148,22 @@ def test_backend_of_a_bare_namespace_picks_the_library_module():
     assert type(dask_backend).__name__ == "DaskBackend" and dask_backend.data_is_chunked
 
 
+def test_jax_takes_no_device_or_a_device_name():
+    """jax.numpy's default_device() is None and a string has no platform: both used to end in
+    an AttributeError traceback."""
+    jax = importorskip("jax")
+    for device in (None, "cpu", "CPU"):
+        backend = Backend(jax.numpy, device)
+        assert backend.device == jax.devices()[0] if device is None else \
+            backend.device == jax.devices("cpu")[0]
+    for device in ("tpu", "cpu:0", "cuda:x"):
+        with pytest.raises(BackendError, match=f"JAX has no device '{device}': use cpu"):
+            Backend(jax.numpy, device)
+    if not jax_gpu_available():
+        with pytest.raises(BackendError, match="JAX has no device 'cuda:1': it sees 0 GPU"):
+            Backend(jax.numpy, "cuda:1")
+
+
 def test_torch_and_jax_without_a_gpu():
     """On this GPU-less CI: cuda is refused with the reason, auto falls back and says so."""
     for library in ("torch", "jax"):
@@ -216,6 +232,17 @@ def test_asarray_copies_so_the_caller_keeps_its_arrays(kind):
     read_only = np.ones(3, dtype=np.float32)
     read_only.flags.writeable = False
     np.testing.assert_array_equal(backend.to_numpy(backend.asarray(read_only) + 1), [2, 2, 2])
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch-cpu", "jax-cpu", "dask-cpu"])
+def test_to_numpy_copies_so_the_device_array_keeps_its_values(kind):
+    """NumPy's DLPack and torch's .numpy() share memory on a CPU: a model's host_params()
+    once aliased its weights."""
+    backend = make_backend(kind)
+    device_array = backend.ready(backend.asarray(np.ones((4, 3), dtype=np.float32)))
+    host = backend.to_numpy(device_array)
+    host[...] = 7.0  # writeable, and its own
+    np.testing.assert_array_equal(backend.to_numpy(device_array), np.ones((4, 3)))
 
 
 def test_ndonnx_where_it_installs():

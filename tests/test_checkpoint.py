@@ -45,12 +45,18 @@ def test_resume_in_the_middle_equals_straight_through(backend_dtype, tiny_data, 
     resumed, resumed_history = train(tiny_data, backend, config, eval_every=7,
                                      resume=checkpoint, steps=14)
     for got, want in zip(resumed.host_params(), straight.host_params()):
-        assert_close(got, want, dtype, scale=10)
+        if backend.on_gpu:  # GPU libraries may sum in a different order from run to run
+            assert_close(got, want, dtype, scale=10)
+        else:  # the same operations on the same numbers
+            np.testing.assert_array_equal(got, want)
     for a, before in zip(host_arrays, kept):  # training never writes into the caller's arrays
         np.testing.assert_array_equal(a, before)
     assert [r["step"] for r in resumed_history.records] == [7, 14]
     assert resumed_history.steps == 14
-    assert_close(resumed_history.final_loss, history.final_loss, dtype)
+    if backend.on_gpu:
+        assert_close(resumed_history.final_loss, history.final_loss, dtype)
+    else:
+        assert resumed_history.final_loss == history.final_loss
 
 
 def test_checkpoint_every_k_steps_and_stop_request(tiny_data, tmp_path):

@@ -52,6 +52,20 @@ def test_bench_outputs_are_checked_too(tmp_path, capsys):
     assert f"--json {tmp_path}: is a folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--device", "cuda", "--backend", "numpy"],
+     "nothing to benchmark for --device cuda --backend numpy: NumPy runs on the CPU only"),
+    (["--device", "cpu", "--backend", "cupy"],
+     "nothing to benchmark for --device cpu --backend cupy: CuPy runs on CUDA GPUs only"),
+    (["--device", "auto"], "bench --device auto: use all (the CPU, and CUDA when usable)"),
+    (["--device", "tpu"], "bench --device tpu: use all"),
+])
+def test_bench_says_why_a_device_and_backend_give_nothing_to_time(args, message, capsys):
+    assert main(["bench", *args, "--no-accuracy"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
 def test_a_failed_final_write_keeps_the_model_and_says_where(tiny_dir, tmp_path, capsys,
                                                              monkeypatch):
     """The disk fills (or the folder goes) while training: the run is kept elsewhere."""

@@ -88,12 +88,15 @@ class Backend:
         if missing:
             raise BackendError(f"{library_name(self.xp)} lacks {', '.join(missing)}, which the "
                                f"math needs: it is not a complete Array API namespace")
-        self.device = self.xp.__array_namespace_info__().default_device() if device is None \
-            else device
+        self.device = self.resolve_device(device)
         self.note = note
         self.name = name or (f"{self.library} {library_version(self.library)} on "
                              f"{self.device_name}")
         self._prove()
+
+    def resolve_device(self, device: Any) -> Any:
+        """The library's device object for `device` (None: the namespace's default device)."""
+        return self.xp.__array_namespace_info__().default_device() if device is None else device
 
     def _prove(self) -> None:
         """Compute [1, -2]·[1, -2]ᵀ + 1 = 6 on the device and bring it back: a namespace that
@@ -190,16 +193,21 @@ class Backend:
             return self.xp.asarray(host, dtype=dtype, device=self.device, copy=copy)
 
     def to_numpy(self, array: Any) -> np.ndarray:
-        """Copy a device array back to a NumPy array on the host, through DLPack where the
-        library exports it, else through __array__."""
-        try:
-            host = np.from_dlpack(array)
-        except (AttributeError, BufferError, TypeError, RuntimeError):
-            host = np.asarray(array)
+        """A device array as a NumPy array of its own: never a view of the device array's memory
+        (a CPU library may share it), so that changing one never changes the other."""
+        host = self.host_view(array)
         if host.dtype == object:
             raise BackendError(f"arrays of {self.library} cannot be copied to NumPy: neither "
                                f"DLPack nor __array__ gives numbers")
-        return host
+        return host if host.flags.owndata and host.flags.writeable else host.copy()
+
+    def host_view(self, array: Any) -> np.ndarray:
+        """The array on the host, through DLPack where the library exports it, else through
+        __array__: possibly a view of its memory (to_numpy copies where it is)."""
+        try:
+            return np.from_dlpack(array)
+        except (AttributeError, BufferError, TypeError, RuntimeError):
+            return np.asarray(array)
 
     def synchronize(self) -> None:
         """Wait until all queued work on the device has finished (a no-op where work runs at

@@ -86,7 +86,7 @@ class CupyBackend(Backend):
         cuda:N runs inside `with backend.activate():`."""
         return self.device
 
-    def to_numpy(self, array: Any) -> np.ndarray:
+    def host_view(self, array: Any) -> np.ndarray:
         return array.get()
 
     def synchronize(self) -> None:

@@ -43,7 +43,7 @@ class DaskBackend(Backend):
             return da.from_array(array)
         return da.from_array(array, chunks=(chunk_rows or -1,) + (-1,) * (array.ndim - 1))
 
-    def to_numpy(self, array: Any) -> np.ndarray:
+    def host_view(self, array: Any) -> np.ndarray:
         return np.asarray(array.compute())
 
     def ready(self, tree: Any) -> Any:

@@ -27,6 +27,29 @@ JAX_HINT = 'pip install "mnist-xp[jax]" (CPU), or "jax[cuda12]" for NVIDIA GPUs'
 class JaxBackend(Backend):
     """jax.numpy on a jax Device (jax.devices("cpu")[0], jax.devices("gpu")[N])."""
 
+    def resolve_device(self, device: Any) -> Any:
+        """A jax Device as given; None: JAX's default device; 'cpu', 'gpu', 'cuda' or 'cuda:N':
+        that device (jax.numpy's default_device() is None, and strings have no platform)."""
+        if device is None:
+            return jax.devices()[0]
+        if not isinstance(device, str):
+            return device
+        spec = device.strip().lower()
+        kind, _, index = spec.partition(":")
+        platform = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu"}.get(kind)
+        if platform is None or (index and (platform == "cpu" or not index.isdigit())):
+            raise BackendError(f"JAX has no device {device!r}: use cpu, cuda, cuda:N or a "
+                               f"jax.Device")
+        try:
+            devices = jax.devices(platform)
+        except RuntimeError:  # "Unknown backend": a CPU-only jaxlib
+            devices = []
+        number = int(index or 0)
+        if number >= len(devices):
+            raise BackendError(f"JAX has no device {device!r}: it sees {len(devices)} "
+                               f"{platform.upper()} device(s)")
+        return devices[number]
+
     @property
     def device_name(self) -> str:
         return "cpu" if self.device.platform == "cpu" else f"cuda:{self.device.id}"
@@ -61,7 +84,7 @@ class JaxBackend(Backend):
             raise BackendError("JAX computes in float64 only in its x64 mode: set "
                                "JAX_ENABLE_X64=1 before starting, or use --dtype float32")
 
-    def to_numpy(self, array: Any) -> np.ndarray:
+    def host_view(self, array: Any) -> np.ndarray:
         return np.asarray(jax.device_get(array))
 
     def ready(self, tree: Any) -> Any:

@@ -15,7 +15,7 @@ class NdonnxBackend(Backend):
     def device_name(self) -> str:
         return "cpu"
 
-    def to_numpy(self, array: Any) -> np.ndarray:
+    def host_view(self, array: Any) -> np.ndarray:
         return np.asarray(array.unwrap_numpy())
 
 

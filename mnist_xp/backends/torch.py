@@ -34,7 +34,7 @@ class TorchBackend(Backend):
     def hardware(self) -> str:
         return torch.cuda.get_device_name(self.device) if self.on_gpu else ""
 
-    def to_numpy(self, array: Any) -> np.ndarray:
+    def host_view(self, array: Any) -> np.ndarray:
         return array.detach().cpu().numpy()
 
     def synchronize(self) -> None:
