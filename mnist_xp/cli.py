@@ -341,7 +341,8 @@ def _print_traffic(traffic: Any, params: list[Any]) -> None:
     print(f"network: {traffic.per_step / 1e3:.1f} kB per step, {traffic.per_step / size:.2f}x "
           f"the {size / 1e3:.1f} kB of parameters (out {traffic.out / 1e3:.0f} kB, back "
           f"{traffic.back / 1e3:.0f} kB, between workers {traffic.between / 1e3:.0f} kB over "
-          f"{traffic.steps} steps); {moved}")
+          f"{traffic.steps} steps{'' if traffic.direct else ', relayed by the scheduler'}); "
+          f"{moved}")
 
 
 def _keep(path: Path, flag: str, write: Callable[[BinaryIO], object]) -> str | None:

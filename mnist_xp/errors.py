@@ -37,6 +37,10 @@ class DeviceMemoryError(MnistXpError):
     """The device ran out of memory; the message gives the estimate and the flag to use (exit 1)."""
 
 
+class LostWork(MnistXpError):
+    """The backend lost work it could not redo, e.g. a cluster's workers died (exit 1)."""
+
+
 class Interrupted(MnistXpError):
     """Training was stopped by a signal: Ctrl-C (SIGINT, exit 130) or SIGTERM (143); the
     message says where the checkpoint is, or that nothing was saved."""

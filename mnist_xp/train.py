@@ -24,7 +24,7 @@ from .checkpoint import Checkpoint, save_checkpoint
 from .config import LENGTH, Config, resolve
 from .data import CLASSES, Dataset
 from .datasets import Origin
-from .errors import DeviceMemoryError, DivergenceError, Interrupted, UsageError
+from .errors import DeviceMemoryError, DivergenceError, Interrupted, LostWork, UsageError
 from .model import MLP
 from .presets import get_preset
 
@@ -225,10 +225,17 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
             history.records, history.final_loss = list(resume.records), resume.final_loss
         batches = Batches(train_split, config, backend, resume.batches if resume else None)
 
-        def save(step: int) -> None:
+        def save(step: int, batches_state: dict[str, Any] | None = None) -> None:
             if saving.path is not None:
-                save_checkpoint(saving.path, model, state, step, batches.state(),
-                                history.records, history.final_loss)
+                save_checkpoint(saving.path, model, state, step,
+                                batches_state or batches.state(), history.records,
+                                history.final_loss)
+
+        def stopped(reason: Any, step: int) -> Interrupted:
+            by = f" by {reason}" if isinstance(reason, str) else ""
+            where = (f"checkpoint saved to {saving.path}" if saving.path else
+                     "nothing was saved (--checkpoint FILE.npz keeps a stopped run)")
+            return Interrupted(f"stopped{by} after step {step} of {total}: {where}")
 
         model.params, state = backend.ready((model.params, state))
         already = history.last.get("seconds", 0.0)
@@ -239,33 +246,42 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
         pace_from = first + 1 if total > first else first  # the step whose time is the pace
         with tqdm(total=total, initial=first - 1, unit="step", disable=not progress,
                   dynamic_ncols=True) as bar:
+            done, done_batches = first - 1, batches.state()  # what model.params hold
             for step in range(first, total + 1):
                 batch = next(batches)
                 evaluating = step % eval_every == 0 or step == total
                 logging = evaluating or step % log_every == 0  # the loss is read back
                 step_start = time.perf_counter()
-                model.params, state, loss = train_step(model.params, state, batch,
-                                                       with_loss=logging)
-                if step == pace_from and on_pace is not None:
-                    backend.ready(model.params)
-                    on_pace(time.perf_counter() - step_start, total - step)
-                if logging:
-                    history.final_loss = _finite_loss(loss, step, config.lr)
-                    bar.set_postfix(loss=f"{history.final_loss:.4f}", refresh=False)
-                if evaluating:
-                    backend.ready(model.params)
-                    evaluation_start = time.perf_counter()
-                    record = {"step": step, "loss": history.final_loss,
-                              "train_accuracy": accuracy(model.params, train_split),
-                              "test_accuracy": accuracy(model.params, test_split)}
-                    now = time.perf_counter()
-                    record["train_seconds"] = evaluation_start - start - evaluation_seconds
-                    record["seconds"] = now - start
-                    evaluation_seconds += now - evaluation_start
-                    history.records.append(record)
-                    bar.set_postfix(loss=f"{history.final_loss:.4f}",
-                                    train=f"{history.last['train_accuracy']:.2%}",
-                                    test=f"{history.last['test_accuracy']:.2%}", refresh=False)
+                try:
+                    model.params, state, loss = train_step(model.params, state, batch,
+                                                           with_loss=logging)
+                    done, done_batches = step, batches.state()
+                    if step == pace_from and on_pace is not None:
+                        backend.ready(model.params)
+                        on_pace(time.perf_counter() - step_start, total - step)
+                    if logging:
+                        history.final_loss = _finite_loss(loss, step, config.lr)
+                        bar.set_postfix(loss=f"{history.final_loss:.4f}", refresh=False)
+                    if evaluating:
+                        backend.ready(model.params)
+                        evaluation_start = time.perf_counter()
+                        record = {"step": step, "loss": history.final_loss,
+                                  "train_accuracy": accuracy(model.params, train_split),
+                                  "test_accuracy": accuracy(model.params, test_split)}
+                        now = time.perf_counter()
+                        record["train_seconds"] = evaluation_start - start - evaluation_seconds
+                        record["seconds"] = now - start
+                        evaluation_seconds += now - evaluation_start
+                        history.records.append(record)
+                        bar.set_postfix(loss=f"{history.final_loss:.4f}",
+                                        train=f"{history.last['train_accuracy']:.2%}",
+                                        test=f"{history.last['test_accuracy']:.2%}", refresh=False)
+                except LostWork:  # a stop signal that also reached a cluster's workers
+                    reason = saving.should_stop() if saving.should_stop is not None else None
+                    if not reason:
+                        raise
+                    save(done, done_batches)
+                    raise stopped(reason, done) from None
                 bar.update(1)
                 history.steps = step
                 if step % saving.every == 0 or step == total:
@@ -273,10 +289,7 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
                 reason = saving.should_stop() if saving.should_stop is not None else None
                 if reason:
                     save(step)
-                    by = f" by {reason}" if isinstance(reason, str) else ""
-                    where = (f"checkpoint saved to {saving.path}" if saving.path else
-                             "nothing was saved (--checkpoint FILE.npz keeps a stopped run)")
-                    raise Interrupted(f"stopped{by} after step {step} of {total}: {where}")
+                    raise stopped(reason, step)
                 if (evaluating and stop_at_accuracy is not None
                         and record["test_accuracy"] >= stop_at_accuracy):
                     save(step)

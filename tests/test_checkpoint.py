@@ -17,7 +17,7 @@ import pytest
 from mnist_xp import Config, train
 from mnist_xp.backends import numpy_backend
 from mnist_xp.checkpoint import load_checkpoint
-from mnist_xp.errors import DataError, Interrupted, UsageError
+from mnist_xp.errors import DataError, Interrupted, LostWork, UsageError
 
 from conftest import assert_close
 
@@ -71,6 +71,52 @@ def test_checkpoint_every_k_steps_and_stop_request(tiny_data, tmp_path):
               checkpoint_every=3, should_stop=stop_after_five)
     assert Interrupted.exit_code == 130
     assert load_checkpoint(path).step == 5  # the stop wrote one after step 5, not step 3's
+
+
+class _StepThatLosesItsWorkers:
+    """The real step, until call `at`: then the stop signal reaches the cluster's workers too
+    (Slurm's scancel signals every process of the job) and the step in flight is lost."""
+
+    def __init__(self, real, at, signalled):
+        self.real, self.at, self.signalled, self.calls = real, at, signalled, 0
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.at:
+            self.signalled.append("SIGTERM")
+            raise LostWork("the cluster lost work it could not redo")
+        return self.real(*args, **kwargs)
+
+
+@pytest.mark.parametrize("stop", [True, False])
+def test_a_step_lost_to_the_stop_signal_saves_the_step_before(tiny_data, tmp_path, stop):
+    """Stopped: the checkpoint holds the last finished step (its batch position included), and
+    resuming it gives the run straight through. Not stopped: the error stands."""
+    backend = numpy_backend()
+    config = Config(hidden=(16,), optimizer="adam", lr=3e-3, batch_size=70, steps=10)
+    signalled = []
+    real_train_step = backend.train_step
+    backend.train_step = lambda *args: _StepThatLosesItsWorkers(real_train_step(*args), 6,
+                                                                 signalled)
+    path = tmp_path / "run.npz"
+    expected = (Interrupted, "stopped by SIGTERM after step 5 of 10: checkpoint saved") if stop \
+        else (LostWork, "the cluster lost work")
+    with pytest.raises(expected[0], match=expected[1]):
+        train(tiny_data, backend, config, eval_every=5, checkpoint=path, checkpoint_every=100,
+              should_stop=lambda: (signalled[-1] if signalled else None) if stop else None)
+    if not stop:
+        assert not path.exists()  # only --checkpoint-every's (none yet) and the stop's write
+        return
+    checkpoint = load_checkpoint(path)
+    assert checkpoint.step == 5
+    backend.train_step = real_train_step
+    straight, _ = train(tiny_data, backend, config, eval_every=5)
+    resumed, _ = train(tiny_data, backend, config, eval_every=5, resume=checkpoint)
+    for got, want in zip(resumed.host_params(), straight.host_params()):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_resume_refuses_config_changes_and_finished_runs(tiny_data, tmp_path):

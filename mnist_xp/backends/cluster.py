@@ -11,9 +11,12 @@ A full-batch gradient is a sum over rows, so it splits across machines with no a
 - the partial sums come back here, and the optimizer updates the parameters once, here, with
   optim's NumPy code.
 
-Bytes on the wire per step: 2·workers·P for parameters of P bytes (out, and partial sums back),
-whatever the number of rows. A chunk whose worker dies is built again elsewhere from its
-recipe (the files, or the rows shipped in it) and the run goes on.
+Parameters go out and partial sums come back directly between this client and each worker
+(not through the scheduler, which would relay every byte a second time, nor replicated from
+worker to worker): 2·workers·P bytes per step for parameters of P bytes, whatever the number
+of rows. Where the workers cannot be reached directly (a cluster behind its scheduler), the
+scheduler relays them, and the count says so. A chunk whose worker dies is built again
+elsewhere from its recipe (the files, or the rows shipped in it) and the run goes on.
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ import array_api_compat.numpy as numpy_xp
 import dask
 import numpy as np
 from distributed import Client, Future, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from .. import augment, nn
 from ..data import CLASSES, PIXELS
-from ..errors import BackendError, MnistXpError
+from ..errors import BackendError, LostWork
 from ..optim import State, make_optimizer
 from .base import Backend
 
@@ -45,7 +49,7 @@ RETRIES = 3  # attempts at a step or an evaluation when a worker leaves during i
 RETRY_WAIT_S = 1.0
 
 
-class ClusterError(MnistXpError):
+class ClusterError(LostWork):
     """The cluster lost work it could not redo: the run stops, checkpoints intact (exit 1)."""
 
 
@@ -176,6 +180,20 @@ def worker_hits(params: tuple[np.ndarray, ...], activation: str, *chunks: Chunk)
     return total
 
 
+class OwnProcessGroup(WorkerPlugin):
+    """Moves each worker process of a LocalCluster started here into a process group of its
+    own, so that a signal sent to this command's group (Ctrl-C in a terminal, `timeout`)
+    reaches only the command, which stops after its step and writes its checkpoint; the
+    workers are closed after that, by their nannies. Restarted workers get it too."""
+
+    name = "mnist-xp-own-process-group"
+
+    def setup(self, worker: Any) -> None:
+        import os
+
+        os.setpgid(0, 0)
+
+
 # --- here: the split, the step, the accuracy -----------------------------------------------
 
 class ClusterSplit:
@@ -243,15 +261,16 @@ class ClusterAccuracy:
 
 
 class Traffic(NamedTuple):
-    """Bytes the steps moved so far: parameters out, partial sums back, and between workers
-    (from the workers' own transfer logs, evaluations included), with any data chunk that
-    moved between workers."""
+    """Bytes the steps moved so far: parameters out, partial sums back (every hop: twice where
+    the scheduler relays them), and between workers (from the workers' own transfer logs,
+    evaluations included), with any data chunk that moved between workers."""
 
     out: int
     back: int
     between: int
     chunks_moved: int
     steps: int
+    direct: bool = True  # client <-> workers directly, not through the scheduler
 
     @property
     def per_step(self) -> float:
@@ -267,6 +286,7 @@ class ClusterBackend(Backend):
                  name: str = "", note: str = "") -> None:
         self.client, self.cluster, self.gpu = client, cluster, gpu
         self._out = self._back = self._steps = 0
+        self.direct = True  # until a worker cannot be reached from here
         self._keys = 0
         super().__init__(numpy_xp, "cpu", name or self.describe(), note)
 
@@ -364,12 +384,23 @@ class ClusterBackend(Backend):
     def accuracy(self, activation: str, chunk_size: int | None = None) -> ClusterAccuracy:
         return ClusterAccuracy(self, activation)
 
-    def _broadcast(self, params: list[np.ndarray], step: bool) -> Future:
-        """The parameters, one copy on every worker (counted when for a step)."""
+    def _broadcast(self, params: list[np.ndarray], step: bool) -> dict[str, Future]:
+        """The parameters, one copy sent to each worker (counted when for a step): directly,
+        or through the scheduler where a worker cannot be reached from here."""
         host = tuple(np.asarray(p) for p in params)
-        if step:
-            self._out += sum(p.nbytes for p in host) * len(self.workers)
-        return self.client.scatter(host, broadcast=True, hash=False)
+        copies = {}
+        for worker in self.workers:
+            if self.direct:
+                try:
+                    copies[worker] = self.client.scatter(host, workers=[worker], direct=True,
+                                                         hash=False)
+                except OSError:  # not reachable from here: the scheduler relays from now on
+                    self.direct = False
+            if not self.direct:
+                copies[worker] = self.client.scatter(host, workers=[worker], hash=False)
+            if step:
+                self._out += sum(p.nbytes for p in host) * (1 if self.direct else 2)
+        return copies
 
     def _by_worker(self, split: ClusterSplit, indices: list[int]) -> dict[str | None, list[int]]:
         """The chunks by the worker that holds each now (None: its worker died; the scheduler
@@ -381,16 +412,18 @@ class ClusterBackend(Backend):
         return groups
 
     def _per_worker(self, function: Any, split: ClusterSplit, indices: list[int],
-                    *args: Any) -> list[Any]:
-        """function(*args(worker's), *its chunks) on each worker that holds some, gathered.
-        `args` may be a callable of the worker's chunk indices, for per-chunk arguments."""
+                    params: dict[str, Future], *args: Any) -> list[Any]:
+        """function(worker's copy of params, *args, *its chunks) on each worker that holds
+        some, gathered directly from the workers. `args` may be a callable of the worker's
+        chunk indices, for per-chunk arguments."""
         tasks = []
         for worker, chunks in self._by_worker(split, indices).items():
             own = [a(chunks) if callable(a) else a for a in args]
+            copy = params.get(worker) or next(iter(params.values()))
             tasks.append(self.client.submit(
-                function, *own, *(split.chunks[i] for i in chunks),
+                function, copy, *own, *(split.chunks[i] for i in chunks),
                 workers=[worker] if worker else None, allow_other_workers=True, pure=False))
-        return self.client.gather(tasks)
+        return self.client.gather(tasks, direct=self.direct)
 
     def gradient(self, params: list[np.ndarray], split: ClusterSplit,
                  local: dict[int, np.ndarray] | None, batch_rows: int, settings: Settings,
@@ -402,7 +435,8 @@ class ClusterBackend(Backend):
         parts = self._per_worker(worker_gradient, split, indices, shared, settings, batch_rows,
                                  with_loss, lambda chunks: [None if local is None else local[i]
                                                             for i in chunks])
-        self._back += sum(sum(g.nbytes for g in grads) + 8 for _, grads in parts)
+        hops = 1 if self.direct else 2
+        self._back += hops * sum(sum(g.nbytes for g in grads) + 8 for _, grads in parts)
         self._steps += 1
         return add_up(*parts)
 
@@ -424,7 +458,7 @@ class ClusterBackend(Backend):
 
         logs = self.client.run(moved).values()
         return Traffic(self._out, self._back, sum(t for t, _ in logs), sum(c for _, c in logs),
-                       self._steps)
+                       self._steps, self.direct)
 
     def retrying(self, work: Any, *args: Any) -> Any:
         """work(*args), again when a worker left in the middle of it (a connection closed, as
@@ -479,7 +513,14 @@ def start(workers: int | None, scheduler: str | None, gpu: bool) -> ClusterBacke
         else:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=":0", silence_logs=logging.ERROR)
-    return _backend(Client(cluster), cluster, gpu)
+    client = Client(cluster)
+    try:
+        client.register_plugin(OwnProcessGroup())
+    except BaseException:
+        client.close()
+        cluster.close()
+        raise
+    return _backend(client, cluster, gpu)
 
 
 def _backend(client: Client, cluster: LocalCluster | None, gpu: bool) -> ClusterBackend:
