@@ -49,6 +49,10 @@ RETRIES = 3  # attempts at a step or an evaluation when a worker leaves during i
 RETRY_WAIT_S = 1.0
 
 
+class WorkerLeft(OSError):
+    """A worker left in the middle of a step (retrying() tries the step again without it)."""
+
+
 class ClusterError(LostWork):
     """The cluster lost work it could not redo: the run stops, checkpoints intact (exit 1)."""
 
@@ -286,9 +290,20 @@ class ClusterBackend(Backend):
                  name: str = "", note: str = "") -> None:
         self.client, self.cluster, self.gpu = client, cluster, gpu
         self._out = self._back = self._steps = 0
-        self.direct = True  # until a worker cannot be reached from here
         self._keys = 0
         super().__init__(numpy_xp, "cpu", name or self.describe(), note)
+        self.direct = self._reaches_workers()  # else the scheduler relays parameters and sums
+
+    def _reaches_workers(self) -> bool:
+        """Whether this client can send to every worker directly (not so for a cluster whose
+        workers are reachable only from its scheduler, e.g. behind a Kubernetes service)."""
+        try:
+            for worker in self.workers:
+                self.client.scatter(np.zeros(1), workers=[worker], direct=True, hash=False,
+                                    timeout=CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError):
+            return False
+        return True
 
     def describe(self) -> str:
         workers = self.client.scheduler_info()["workers"]
@@ -390,14 +405,11 @@ class ClusterBackend(Backend):
         host = tuple(np.asarray(p) for p in params)
         copies = {}
         for worker in self.workers:
-            if self.direct:
-                try:
-                    copies[worker] = self.client.scatter(host, workers=[worker], direct=True,
-                                                         hash=False)
-                except OSError:  # not reachable from here: the scheduler relays from now on
-                    self.direct = False
-            if not self.direct:
-                copies[worker] = self.client.scatter(host, workers=[worker], hash=False)
+            try:
+                copies[worker] = self.client.scatter(host, workers=[worker], direct=self.direct,
+                                                     hash=False)
+            except KeyError:  # the scheduler no longer knows it: retrying() goes on without
+                raise WorkerLeft(f"worker {worker} left the cluster") from None
             if step:
                 self._out += sum(p.nbytes for p in host) * (1 if self.direct else 2)
         return copies
