@@ -186,6 +186,28 @@ def test_no_scheduler_at_the_address_is_one_line(monkeypatch):
         select_backend("cpu", "dask", scheduler="tcp://127.0.0.1:9")
 
 
+@pytest.mark.parametrize("address", ["foo", "tcp://127.0.0.1:notaport"])
+def test_a_malformed_scheduler_address_is_one_line(address):
+    importorskip("distributed")
+    with pytest.raises(BackendError, match=f"--scheduler {address}: not a scheduler's address"):
+        select_backend("cpu", "dask", scheduler=address)
+
+
+def test_a_server_that_never_answers_as_a_scheduler_is_one_line(monkeypatch):
+    """A port that accepts connections and stays silent (the dashboard's, a web server):
+    distributed's own timeout never fires there; ours does."""
+    import socket
+
+    importorskip("distributed")
+    monkeypatch.setattr("mnist_xp.backends.cluster.CONNECT_TIMEOUT_S", 1)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        with pytest.raises(BackendError, match="something answered, but not as a Dask"):
+            select_backend("cpu", "dask", scheduler=address)
+
+
 def test_work_the_cluster_cannot_redo_stops_the_run_and_keeps_the_checkpoint(
         cluster, tiny_data, tmp_path, monkeypatch):
     """A task whose workers kept dying (KilledWorker): one line, and the checkpoint of the last

@@ -507,12 +507,7 @@ def start(workers: int | None, scheduler: str | None, gpu: bool) -> ClusterBacke
     Work stealing is off on a cluster started here: it would move data chunks between
     workers to balance tasks, which is what this backend is built to avoid."""
     if scheduler is not None:
-        try:
-            client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
-        except (OSError, TimeoutError) as exc:
-            raise BackendError(f"--scheduler {scheduler}: no Dask scheduler answered "
-                               f"({exc})") from None
-        return _backend(client, None, gpu)
+        return _backend(_connect(scheduler), None, gpu)
     with dask.config.set({"distributed.scheduler.work-stealing": False}):
         if gpu:
             try:
@@ -533,6 +528,45 @@ def start(workers: int | None, scheduler: str | None, gpu: bool) -> ClusterBacke
         cluster.close()
         raise
     return _backend(client, cluster, gpu)
+
+
+def _connect(scheduler: str) -> Client:
+    """A client of the scheduler at this address, or one line saying why not. The connection
+    runs in a thread of its own with a deadline: distributed's own timeout does not cover a
+    server that accepts the connection but never answers as a scheduler (a web server, the
+    dashboard's port)."""
+    import threading
+
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        parse_host_port(parse_address(scheduler)[1])
+    except ValueError as exc:
+        raise BackendError(f"--scheduler {scheduler}: not a scheduler's address, which reads "
+                           f"tcp://HOST:PORT ({exc})") from None
+    outcome: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            outcome["client"] = Client(scheduler, timeout=CONNECT_TIMEOUT_S,
+                                       set_as_default=False)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=connect, name="mnist-xp-connect", daemon=True)
+    thread.start()
+    thread.join(CONNECT_TIMEOUT_S + 5)
+    exc = outcome.get("error")
+    if "client" in outcome:
+        return outcome["client"]
+    if exc is None or isinstance(exc, MemoryError):
+        raise BackendError(f"--scheduler {scheduler}: something answered, but not as a Dask "
+                           f"scheduler (a scheduler listens on tcp://HOST:8786 by default; "
+                           f"8787 is its dashboard)") from None
+    if isinstance(exc, (OSError, TimeoutError)):
+        raise BackendError(f"--scheduler {scheduler}: no Dask scheduler answered "
+                           f"({exc})") from None
+    raise exc
 
 
 def _backend(client: Client, cluster: LocalCluster | None, gpu: bool) -> ClusterBackend:
