@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import Config
 from .errors import DataError
+from .files import write_or_keep
 from .model import MLP, read_model_file
 
 
@@ -36,16 +37,18 @@ class Checkpoint:
 
 def save_checkpoint(path: Path, model: MLP, optimizer_state: dict[str, Any], step: int,
                     batches: dict[str, Any], records: list[dict[str, float]],
-                    final_loss: float) -> None:
+                    final_loss: float) -> Path | None:
     """Write the model, the optimizer's state (its step count t and per-parameter lists) and
-    the run's bookkeeping, atomically."""
+    the run's bookkeeping, atomically. Where `path` cannot be written (the disk filled, the
+    folder went away) it is written to the temporary folder instead: returns where, None when
+    at `path`; OSError when it could be written nowhere."""
     to_numpy = model.backend.to_numpy
     arrays = {f"{name}{i}": to_numpy(a) for name, values in optimizer_state.items()
               if name != "t" for i, a in enumerate(values)}
     t = round(float(to_numpy(optimizer_state["t"])))
     extra = {"kind": "checkpoint", "step": step, "optimizer_t": t,
              "batches": batches, "history": records, "final_loss": final_loss}
-    model.save(path, extra=extra, arrays=arrays)
+    return write_or_keep(Path(path), model.npz_writer(extra, arrays))
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -307,6 +307,26 @@ def _check_run_flags(args: argparse.Namespace) -> None:
     check_output(args.save, "--save", "model.npz")
     check_output(args.metrics_out, "--metrics-out", "metrics.json")
     check_output(args.checkpoint, "--checkpoint", "checkpoint.npz")
+    _check_distinct([("--save", args.save), ("--metrics-out", args.metrics_out),
+                     ("--checkpoint", args.checkpoint)])
+    if args.save is not None and args.resume is not None and \
+            Path(args.save).resolve() == Path(args.resume).resolve():
+        raise UsageError(f"--save {args.save} is the checkpoint given to --resume: the model "
+                         f"would replace it, and a model cannot be resumed; --checkpoint "
+                         f"{args.resume} keeps it up to date instead")
+
+
+def _check_distinct(outputs: list[tuple[str, Path | None]]) -> None:
+    """Two outputs written to one file: the later write would replace the earlier one."""
+    seen: dict[Path, str] = {}
+    for flag, path in outputs:
+        if path is None:
+            continue
+        where = Path(path).resolve()
+        if where in seen:
+            raise UsageError(f"{flag} {path} is also {seen[where]}'s file: give each output a "
+                             f"file of its own")
+        seen[where] = flag
 
 
 def _run_config(args: argparse.Namespace) -> tuple[Config, Checkpoint | None, str]:

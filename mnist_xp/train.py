@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,14 @@ from .checkpoint import Checkpoint, save_checkpoint
 from .config import LENGTH, Config, resolve
 from .data import CLASSES, Dataset
 from .datasets import Origin
-from .errors import DeviceMemoryError, DivergenceError, Interrupted, LostWork, UsageError
+from .errors import (
+    DataError,
+    DeviceMemoryError,
+    DivergenceError,
+    Interrupted,
+    LostWork,
+    UsageError,
+)
 from .model import MLP
 from .presets import get_preset
 
@@ -225,15 +233,27 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
             history.records, history.final_loss = list(resume.records), resume.final_loss
         batches = Batches(train_split, config, backend, resume.batches if resume else None)
 
-        def save(step: int, batches_state: dict[str, Any] | None = None) -> None:
-            if saving.path is not None:
-                save_checkpoint(saving.path, model, state, step,
-                                batches_state or batches.state(), history.records,
-                                history.final_loss)
+        def save(step: int, batches_state: dict[str, Any] | None = None) -> Path | None:
+            """The checkpoint after `step`; where its path cannot be written, a copy in the
+            temporary folder and a warning (the run goes on, and tries the path again next
+            time); a run whose checkpoint can be written nowhere stops."""
+            if saving.path is None:
+                return None
+            try:
+                kept = save_checkpoint(saving.path, model, state, step,
+                                       batches_state or batches.state(), history.records,
+                                       history.final_loss)
+            except OSError as exc:
+                raise DataError(f"--checkpoint {saving.path}: {exc.strerror or exc}, and the "
+                                f"checkpoint of step {step} could not be kept anywhere") from None
+            if kept is not None:
+                warnings.warn(f"--checkpoint {saving.path} could not be written; the checkpoint "
+                              f"of step {step} was kept at {kept} (--resume it)", stacklevel=2)
+            return kept or saving.path
 
-        def stopped(reason: Any, step: int) -> Interrupted:
+        def stopped(reason: Any, step: int, saved: Path | None) -> Interrupted:
             by = f" by {reason}" if isinstance(reason, str) else ""
-            where = (f"checkpoint saved to {saving.path}" if saving.path else
+            where = (f"checkpoint saved to {saved}" if saved else
                      "nothing was saved (--checkpoint FILE.npz keeps a stopped run)")
             return Interrupted(f"stopped{by} after step {step} of {total}: {where}")
 
@@ -280,16 +300,14 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
                     reason = saving.should_stop() if saving.should_stop is not None else None
                     if not reason:
                         raise
-                    save(done, done_batches)
-                    raise stopped(reason, done) from None
+                    raise stopped(reason, done, save(done, done_batches)) from None
                 bar.update(1)
                 history.steps = step
                 if step % saving.every == 0 or step == total:
                     save(step)
                 reason = saving.should_stop() if saving.should_stop is not None else None
                 if reason:
-                    save(step)
-                    raise stopped(reason, step)
+                    raise stopped(reason, step, save(step))
                 if (evaluating and stop_at_accuracy is not None
                         and record["test_accuracy"] >= stop_at_accuracy):
                     save(step)

@@ -13,6 +13,7 @@ import pytest
 
 from mnist_xp import MLP, UsageError
 from mnist_xp.backends import numpy_backend
+from mnist_xp.checkpoint import load_checkpoint
 from mnist_xp.cli import main
 from mnist_xp.model import read_model_file
 
@@ -45,6 +46,24 @@ def test_a_folder_given_as_an_output_file_is_refused_first(flag, tiny_dir, tmp_p
     err = capsys.readouterr().err
     assert err.startswith(f"error: {flag} {tmp_path}: is a folder; give a file path, e.g. ")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--save", "{d}/a.npz", "--checkpoint", "{d}/a.npz"],
+     "--checkpoint {d}/a.npz is also --save's file"),
+    (["--save", "{d}/a.npz", "--metrics-out", "{d}/./a.npz"],
+     "--metrics-out {d}/a.npz is also --save's file"),
+    (["--resume", "{d}/run.npz", "--save", "{d}/run.npz"],
+     "--save {d}/run.npz is the checkpoint given to --resume"),
+])
+def test_two_outputs_in_one_file_are_refused_first(flags, message, tiny_dir, tmp_path, capsys,
+                                                   monkeypatch):
+    _no_data(monkeypatch)
+    (tmp_path / "run.npz").write_bytes(b"")
+    flags = [f.format(d=tmp_path) for f in flags]
+    assert main(["train", *FAST, "--data-dir", str(tiny_dir), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message.format(d=tmp_path)}") and err.count("\n") == 1
 
 
 def test_bench_outputs_are_checked_too(tmp_path, capsys):
@@ -88,6 +107,38 @@ def test_a_failed_final_write_keeps_the_model_and_says_where(tiny_dir, tmp_path,
         assert read_model_file(kept).config.hidden == (10,) and not target.exists()
     finally:
         kept.unlink()
+
+
+def test_a_checkpoint_that_cannot_be_written_is_kept_and_the_run_goes_on(
+        tiny_dir, tmp_path, capsys, monkeypatch):
+    """Its folder goes away mid-run: each checkpoint is kept in the temporary folder with a
+    warning, the run finishes and --save is written; the kept checkpoint resumes."""
+    import mnist_xp.files as files
+
+    target, saved = tmp_path / "gone" / "run.npz", tmp_path / "model.npz"
+    real = files.atomic_write
+
+    def folder_gone(path, write):
+        if Path(path) == target:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+        return real(path, write)
+
+    monkeypatch.setattr(files, "atomic_write", folder_gone)
+    (tmp_path / "gone").mkdir()
+    assert main(["train", *FAST, "--data-dir", str(tiny_dir), "--checkpoint", str(target),
+                 "--checkpoint-every", "3", "--save", str(saved)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(warnings) == 2  # steps 3 and 6
+    for line, step in zip(warnings, (3, 6)):
+        assert line.startswith(f"warning: --checkpoint {target} could not be written; the "
+                               f"checkpoint of step {step} was kept at ")
+    kept = [Path(line.split(" was kept at ")[1].split(" ")[0]) for line in warnings]
+    try:
+        assert load_checkpoint(kept[0]).step == 3 and load_checkpoint(kept[1]).step == 6
+        assert read_model_file(saved).config.hidden == (10,) and not target.exists()
+    finally:
+        for path in kept:
+            path.unlink()
 
 
 # --- every flag honoured or refused --------------------------------------------------------
