@@ -24,12 +24,12 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from . import __version__
-from .backends import LIBRARIES, Backend, select_backend
+from .backends import LIBRARIES, Backend, parse_device, select_backend
 from .checkpoint import Checkpoint, load_checkpoint
 from .config import DTYPES, Config, resolve, resumed
 from .data import Dataset, read_kaggle_csv
 from .datasets import DATASETS, load_dataset, train_rows
-from .errors import Interrupted, MnistXpError, UsageError
+from .errors import BackendError, Interrupted, MnistXpError, UsageError
 from .files import atomic_write, check_output, write_or_keep
 from .model import MLP, read_model_file
 from .nn import HIDDEN_ACTIVATIONS, LOSSES, OUTPUTS
@@ -713,6 +713,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         logging.getLogger("distributed").setLevel(logging.WARNING)
         if args.backend != ["dask"]:
             raise UsageError("--workers and --scheduler are for --backend dask")
+        if args.device.strip().lower().startswith("cuda"):
+            import importlib.util
+
+            parse_device(args.device)
+            if importlib.util.find_spec("dask_cuda") is None:
+                raise BackendError('--backend dask --device cuda needs dask-cuda: pip install '
+                                   '"mnist-xp[dask-cuda]"')
         backends = [select_backend("cpu")]
         clusters = [{"workers": n} for n in args.workers or []]
         clusters += [{"scheduler": args.scheduler}] if args.scheduler else []
@@ -727,7 +734,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for backend in backends:
         cases += _bench_backend(backend, args, torch_ms)
     for where in clusters:
-        with select_backend("cpu", "dask", **where) as backend:
+        kind = "cpu" if args.device.strip().lower() in ("all", "cpu") else args.device
+        with select_backend(kind, "dask", **where) as backend:
             cluster_names.append(backend.name)
             cases += _bench_backend(backend, args, torch_ms)
     bench_report.add_speedups(cases)

@@ -172,6 +172,8 @@ def test_the_command_line_trains_on_a_cluster_and_prints_the_traffic(tiny_dir, c
     (["--backend", "dask", "--workers", "0"], UsageError, "--workers 0: must be at least 1"),
     (["--backend", "dask", "--workers", "2", "--scheduler", "tcp://x:1"], UsageError,
      "give one"),
+    (["--backend", "dask", "--workers", "2", "--device", "cuda:1"], UsageError,
+     "--device cuda:1 with a cluster: its workers choose their GPUs"),
 ])
 def test_cluster_flags_are_checked(flags, error, message, tiny_dir, capsys):
     assert main(["train", "--preset", "relu10", "--quiet", "--data-dir", str(tiny_dir),

@@ -83,6 +83,10 @@ def select_backend(device: str = "auto", backend: str = "auto", *, workers: int 
             raise UsageError("--workers starts a cluster here, --scheduler joins one: give one")
         if workers is not None and workers < 1:
             raise UsageError(f"--workers {workers}: must be at least 1")
+        if index is not None:
+            raise UsageError(f"--device {device} with a cluster: its workers choose their "
+                             f"GPUs (dask-cuda, one worker per GPU it sees); use --device cuda, "
+                             f"and CUDA_VISIBLE_DEVICES={index} to give it only that one")
         _library_module("dask")
         try:
             from . import cluster
