@@ -119,30 +119,24 @@ def _centre_mass(canvas: np.ndarray) -> np.ndarray:
 
 
 def read_npy_digits(path: Path) -> np.ndarray:
-    """MNIST-format digits from .npy: (28, 28), (N, 28, 28) or (N, 784); uint8 in 0..255 or
-    floats in [0, 1]. They are used as they are, without preprocessing."""
+    """MNIST-format digits from .npy, as model.predict takes them: (784,) or (28, 28) for one,
+    (N, 784) or (N, 28, 28) for many; uint8 (or other integers) in 0..255 or floats in [0, 1].
+    They are used as they are, without preprocessing."""
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npy array ({exc})") from None
-    if array.shape == (SIDE, SIDE):
-        array = array[None]
-    if array.ndim == 3 and array.shape[1:] == (SIDE, SIDE):
-        array = array.reshape(len(array), PIXELS)
-    if array.ndim != 2 or array.shape[1] != PIXELS:
-        raise DataError(f"{path}: expected digits shaped (28, 28), (N, 28, 28) or (N, 784), "
-                        f"got {array.shape}")
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype.kind == "f" and np.isfinite(array).all() and array.size and (
-            array.min() >= 0 and array.max() <= 1):
-        return np.rint(array * 255).astype(np.uint8)
-    if array.dtype.kind in "iu" and array.size and array.min() >= 0 and array.max() <= 255:
-        return array.astype(np.uint8)
-    raise DataError(f"{path}: pixels must be uint8 0..255 or floats in [0, 1], got "
-                    f"{array.dtype}")
+    from .model import as_pixels
+
+    try:  # the very checks model.predict makes
+        pixels, _ = as_pixels(array)
+    except UsageError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    if pixels.dtype == np.uint8:
+        return pixels
+    return np.rint(pixels * 255).astype(np.uint8)
 
 
 def read_digits(path: Path) -> tuple[np.ndarray, list[str]]:

@@ -55,11 +55,20 @@ def as_pixels(images: Any) -> tuple[np.ndarray, bool]:
                          f"(N, 28, 28) for many; got {array.shape}")
     if array.dtype == np.uint8:
         return array, single
+    if array.dtype.kind in "iu":  # integer pixels 0..255, e.g. int64 from a computation
+        if array.size and not (array.min() >= 0 and array.max() <= 255):
+            raise UsageError(f"integer images must lie in 0..255; got values from "
+                             f"{array.min()} to {array.max()}")
+        return array.astype(np.uint8), single
     if array.dtype.kind != "f":
         raise UsageError(f"images must be uint8 0..255 or floats in [0, 1]; got {array.dtype}")
-    if array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
+    finite = array[np.isfinite(array)]
+    if finite.size < array.size or (array.size and not (finite.min() >= 0 and
+                                                        finite.max() <= 1)):
+        seen = f"values from {finite.min():g} to {finite.max():g}" if finite.size else "no values"
+        odd = " and NaN or infinity" if finite.size < array.size else ""
         raise UsageError(f"float images must lie in [0, 1] (uint8 pixels divided by 255); got "
-                         f"values from {np.nanmin(array):g} to {np.nanmax(array):g}")
+                         f"{seen}{odd}")
     return array, single
 
 

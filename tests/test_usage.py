@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -222,12 +223,35 @@ def test_predict_takes_floats_and_single_images_and_refuses_the_rest(model_file,
     assert model.predict(images[3]) == expected[3]  # (784,): one image, one int
     assert model.predict(images[3].reshape(28, 28)) == expected[3]
     assert model.predict_proba(images[3]).shape == (10,)
+    np.testing.assert_array_equal(model.predict(images.astype(np.int64)), expected)
+    nan = np.full((2, 784), np.nan)
     for bad, message in [(images.astype(np.float64), r"must lie in \[0, 1\]"),
-                         (images.astype(np.int64), r"uint8 0..255 or floats in \[0, 1\]"),
+                         (images.astype(np.int64) + 1, "integer images must lie in 0..255"),
+                         (images > 0, r"uint8 0..255 or floats in \[0, 1\]; got bool"),
+                         (nan, "got no values and NaN or infinity"),
                          (images[:, :700], "must be shaped"), (np.zeros((2, 3, 28, 28)),
                                                                "must be shaped")]:
-        with pytest.raises(UsageError, match=message):
-            model.predict(bad)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the one-line error, and no warning beside it
+            with pytest.raises(UsageError, match=message):
+                model.predict(bad)
+
+
+def test_an_npy_file_takes_what_model_predict_takes(model_file, tiny_data, tmp_path, capsys):
+    """One image shaped (784,), integer pixels: the same as model.predict; and its refusals."""
+    model = MLP.load(model_file, numpy_backend())
+    one, ints = tmp_path / "one.npy", tmp_path / "ints.npy"
+    np.save(one, tiny_data.test_images[3])
+    np.save(ints, tiny_data.test_images[:2].astype(np.int64))
+    (tmp_path / "big.npy").write_bytes(b"")
+    np.save(tmp_path / "big.npy", tiny_data.test_images[:2].astype(np.float64))
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model_file), str(one), str(ints),
+                 str(tmp_path / "big.npy")]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].split()[1] == str(model.predict(tiny_data.test_images[3]))
+    assert len(out.splitlines()) == 3
+    assert err.startswith(f"error: {tmp_path / 'big.npy'}: float images must lie in [0, 1]")
 
 
 def test_predict_reports_every_input_and_a_line_per_bad_one(model_file, tiny_data, tmp_path,
