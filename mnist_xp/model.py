@@ -206,6 +206,9 @@ def read_model_file(path: Path) -> ModelFile:
     if meta.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: model format version {meta.get('format_version')!r} is not "
                         f"{FORMAT_VERSION}")
+    if meta.get("input", INPUT) != INPUT:  # files from before it was recorded: MNIST's
+        raise DataError(f"{path}: the model expects input prepared as {meta['input']!r}, and "
+                        f"this mnist-xp prepares {INPUT!r}")
     try:
         config = Config.from_dict(meta["config"])
     except (KeyError, TypeError, UsageError) as exc:

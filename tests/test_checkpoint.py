@@ -147,6 +147,9 @@ def _rewrite(path, target, change):
         {k: v for k, v in json.loads(str(a["meta"])).items() if k != "step"}))), "bookkeeping"),
     (lambda a: a.__setitem__("meta", np.array(json.dumps(
         {**json.loads(str(a["meta"])), "kind": "model"}))), "not a checkpoint"),
+    (lambda a: a.__setitem__("meta", np.array(json.dumps(
+        {**json.loads(str(a["meta"])), "input": "32x32 RGB"}))),
+     "expects input prepared as '32x32 RGB', and this mnist-xp prepares '28x28 grayscale"),
 ])
 def test_bad_checkpoints_are_named_and_explained(tiny_data, tmp_path, damage, message):
     path = tmp_path / "run.npz"
