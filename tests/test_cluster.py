@@ -112,6 +112,22 @@ def test_the_bytes_on_the_wire_are_the_ones_reported(cluster, tiny_data, monkeyp
     assert reported <= wire <= 1.1 * reported  # task messages and heartbeats: a few kB
 
 
+def test_partial_sums_are_added_in_a_tree_on_the_workers(tiny_data, monkeypatch):
+    """Three workers and a fan-in of 2: two of the partial sums are added on a worker, and
+    two sums (not three) come back; the numbers are NumPy's."""
+    importorskip("distributed")
+    monkeypatch.setattr("mnist_xp.backends.cluster.FAN_IN", 2)
+    config = Config(hidden=(16,), optimizer="adam", lr=3e-3, steps=4)
+    reference, _ = train(tiny_data, numpy_backend(), config, eval_every=4)
+    with select_backend("cpu", "dask", workers=3) as three:
+        model, _ = train(tiny_data, three, config, eval_every=4)
+        traffic = three.traffic()
+    _agree(model, reference)
+    size = sum(p.nbytes for p in reference.host_params())
+    assert traffic.back == traffic.steps * 2 * (size + 8)
+    assert traffic.between >= traffic.steps * size and traffic.chunks_moved == 0
+
+
 def test_copies_built_on_the_workers_are_the_copies_built_here(cluster, tiny_data):
     config = Config(hidden=(16,), optimizer="adam", lr=3e-3, augment=3, steps=4)
     model, history = train(tiny_data, cluster, config, eval_every=4)

@@ -4,17 +4,21 @@ parameters and gradients cross the network.
 A full-batch gradient is a sum over rows, so it splits across machines with no approximation:
 
 - the training and test sets are split into row chunks, built once on the workers (read from
-  the IDX files where the workers can reach them, else shipped once from here) and kept there;
-- each step broadcasts the parameters (one copy per worker) and runs one task on each worker,
-  which computes the loss and gradient of each chunk it holds with the very nn functions every
-  backend uses (NumPy on CPU workers, CuPy on GPU workers under dask-cuda) and sums them;
-- the partial sums come back here, and the optimizer updates the parameters once, here, with
+  the IDX files where the workers can reach them, else shipped from here in each chunk's
+  recipe) and kept there;
+- each step sends the parameters to each worker and runs one task on each, which computes
+  the loss and gradient of each chunk it holds with the very nn functions every backend uses
+  (NumPy on CPU workers, CuPy on GPU workers under dask-cuda) and sums them;
+- with more than FAN_IN workers, those partial sums are added FAN_IN at a time on the
+  workers, in a tree, so that at most FAN_IN of them come back here;
+- here, their sum is the gradient, and the optimizer updates the parameters once, with
   optim's NumPy code.
 
 Parameters go out and partial sums come back directly between this client and each worker
 (not through the scheduler, which would relay every byte a second time, nor replicated from
-worker to worker): 2·workers·P bytes per step for parameters of P bytes, whatever the number
-of rows. Where the workers cannot be reached directly (a cluster behind its scheduler), the
+worker to worker): 2·workers·P bytes per step for parameters of P bytes on up to FAN_IN
+workers, whatever the number of rows (beyond, the tree moves the rest between workers).
+Where the workers cannot be reached directly (a cluster behind its scheduler), the
 scheduler relays them, and the count says so. A chunk whose worker dies is built again
 elsewhere from its recipe (the files, or the rows shipped in it) and the run goes on.
 """
@@ -44,6 +48,7 @@ from .base import Backend
 
 DASK_HINT = 'pip install "mnist-xp[dask]"'
 CHUNKS_PER_WORKER = 4
+FAN_IN = 4  # partial sums added at a time in the tree on the workers (and at most back here)
 CONNECT_TIMEOUT_S = 20
 RETRIES = 3  # attempts at a step or an evaluation when a worker leaves during it
 RETRY_WAIT_S = 1.0
@@ -424,10 +429,11 @@ class ClusterBackend(Backend):
         return groups
 
     def _per_worker(self, function: Any, split: ClusterSplit, indices: list[int],
-                    params: dict[str, Future], *args: Any) -> list[Any]:
+                    params: dict[str, Future], *args: Any, tree: bool = False) -> list[Any]:
         """function(worker's copy of params, *args, *its chunks) on each worker that holds
-        some, gathered directly from the workers. `args` may be a callable of the worker's
-        chunk indices, for per-chunk arguments."""
+        some, gathered directly from the workers (with `tree`, first summed on the workers,
+        see _summed). `args` may be a callable of the worker's chunk indices, for per-chunk
+        arguments."""
         tasks = []
         for worker, chunks in self._by_worker(split, indices).items():
             own = [a(chunks) if callable(a) else a for a in args]
@@ -435,7 +441,19 @@ class ClusterBackend(Backend):
             tasks.append(self.client.submit(
                 function, copy, *own, *(split.chunks[i] for i in chunks),
                 workers=[worker] if worker else None, allow_other_workers=True, pure=False))
+        if tree:
+            tasks = self._summed(tasks)
         return self.client.gather(tasks, direct=self.direct)
+
+    def _summed(self, parts: list[Future]) -> list[Future]:
+        """The partial sums added up FAN_IN at a time on the workers (each sum where the
+        scheduler finds most of its inputs), level by level, until at most FAN_IN are left:
+        on many workers, the client then receives FAN_IN sums, not one per worker."""
+        while len(parts) > FAN_IN:
+            groups = [parts[i:i + FAN_IN] for i in range(0, len(parts), FAN_IN)]
+            parts = [self.client.submit(add_up, *group, pure=False) if len(group) > 1
+                     else group[0] for group in groups]
+        return parts
 
     def gradient(self, params: list[np.ndarray], split: ClusterSplit,
                  local: dict[int, np.ndarray] | None, batch_rows: int, settings: Settings,
@@ -446,7 +464,7 @@ class ClusterBackend(Backend):
         shared = self._broadcast(params, step=True)
         parts = self._per_worker(worker_gradient, split, indices, shared, settings, batch_rows,
                                  with_loss, lambda chunks: [None if local is None else local[i]
-                                                            for i in chunks])
+                                                            for i in chunks], tree=True)
         hops = 1 if self.direct else 2
         self._back += hops * sum(sum(g.nbytes for g in grads) + 8 for _, grads in parts)
         self._steps += 1
