@@ -86,20 +86,25 @@ def test_bench_says_why_a_device_and_backend_give_nothing_to_time(args, message,
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
 
 
+def _writes_fail(monkeypatch, target, error):
+    """Every write to `target` raises `error` (a full disk, a folder gone); others go ahead."""
+    import mnist_xp.files as files
+
+    real = files.atomic_write
+
+    def failing(path, write):
+        if Path(path) == target:
+            raise error
+        return real(path, write)
+
+    monkeypatch.setattr(files, "atomic_write", failing)
+
+
 def test_a_failed_final_write_keeps_the_model_and_says_where(tiny_dir, tmp_path, capsys,
                                                              monkeypatch):
     """The disk fills (or the folder goes) while training: the run is kept elsewhere."""
-    import mnist_xp.files as files
-
     target = tmp_path / "model.npz"
-    real = files.atomic_write
-
-    def full_disk(path, write):
-        if Path(path) == target:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, write)
-
-    monkeypatch.setattr(files, "atomic_write", full_disk)
+    _writes_fail(monkeypatch, target, OSError(errno.ENOSPC, "No space left on device"))
     assert main(["train", *FAST, "--data-dir", str(tiny_dir), "--save", str(target)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --save {target} could not be written; it was kept at ")
@@ -114,17 +119,8 @@ def test_a_checkpoint_that_cannot_be_written_is_kept_and_the_run_goes_on(
         tiny_dir, tmp_path, capsys, monkeypatch):
     """Its folder goes away mid-run: each checkpoint is kept in the temporary folder with a
     warning, the run finishes and --save is written; the kept checkpoint resumes."""
-    import mnist_xp.files as files
-
     target, saved = tmp_path / "gone" / "run.npz", tmp_path / "model.npz"
-    real = files.atomic_write
-
-    def folder_gone(path, write):
-        if Path(path) == target:
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
-        return real(path, write)
-
-    monkeypatch.setattr(files, "atomic_write", folder_gone)
+    _writes_fail(monkeypatch, target, FileNotFoundError(errno.ENOENT, "No such file"))
     (tmp_path / "gone").mkdir()
     assert main(["train", *FAST, "--data-dir", str(tiny_dir), "--checkpoint", str(target),
                  "--checkpoint-every", "3", "--save", str(saved)]) == 0
