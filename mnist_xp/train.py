@@ -251,6 +251,9 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
                               f"of step {step} was kept at {kept} (--resume it)", stacklevel=2)
             return kept or saving.path
 
+        def asked_to_stop() -> Any:
+            return saving.should_stop() if saving.should_stop is not None else None
+
         def stopped(reason: Any, step: int, saved: Path | None) -> Interrupted:
             by = f" by {reason}" if isinstance(reason, str) else ""
             where = (f"checkpoint saved to {saved}" if saved else
@@ -297,7 +300,7 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
                                         train=f"{history.last['train_accuracy']:.2%}",
                                         test=f"{history.last['test_accuracy']:.2%}", refresh=False)
                 except LostWork:  # a stop signal that also reached a cluster's workers
-                    reason = saving.should_stop() if saving.should_stop is not None else None
+                    reason = asked_to_stop()
                     if not reason:
                         raise
                     raise stopped(reason, done, save(done, done_batches)) from None
@@ -305,7 +308,7 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
                 history.steps = step
                 if step % saving.every == 0 or step == total:
                     save(step)
-                reason = saving.should_stop() if saving.should_stop is not None else None
+                reason = asked_to_stop()
                 if reason:
                     raise stopped(reason, step, save(step))
                 if (evaluating and stop_at_accuracy is not None

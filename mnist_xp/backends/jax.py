@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, UsageError
 from .base import Backend
 
 JAX_HINT = 'pip install "mnist-xp[jax]" (CPU), or "jax[cuda12]" for NVIDIA GPUs'
@@ -28,27 +28,31 @@ class JaxBackend(Backend):
     """jax.numpy on a jax Device (jax.devices("cpu")[0], jax.devices("gpu")[N])."""
 
     def resolve_device(self, device: Any) -> Any:
-        """A jax Device as given; None: JAX's default device; 'cpu', 'gpu', 'cuda' or 'cuda:N':
-        that device (jax.numpy's default_device() is None, and strings have no platform)."""
+        """A jax Device as given; None: JAX's default device; 'cpu', 'cuda', 'cuda:N' or 'auto'
+        as --device spells them (jax.numpy's default_device() is None, and strings have no
+        platform)."""
         if device is None:
             return jax.devices()[0]
         if not isinstance(device, str):
             return device
-        spec = device.strip().lower()
-        kind, _, index = spec.partition(":")
-        platform = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu"}.get(kind)
-        if platform is None or (index and (platform == "cpu" or not index.isdigit())):
+        from . import parse_device
+
+        try:
+            kind, index = parse_device(device)
+        except UsageError:
             raise BackendError(f"JAX has no device {device!r}: use cpu, cuda, cuda:N or a "
-                               f"jax.Device")
+                               f"jax.Device") from None
+        if kind == "auto":
+            return jax.devices()[0]
+        platform = "cpu" if kind == "cpu" else "gpu"
         try:
             devices = jax.devices(platform)
         except RuntimeError:  # "Unknown backend": a CPU-only jaxlib
             devices = []
-        number = int(index or 0)
-        if number >= len(devices):
+        if (index or 0) >= len(devices):
             raise BackendError(f"JAX has no device {device!r}: it sees {len(devices)} "
                                f"{platform.upper()} device(s)")
-        return devices[number]
+        return devices[index or 0]
 
     @property
     def device_name(self) -> str:
