@@ -21,14 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # helpers.write_dataset: IDX files for the CLI checks
-
-from mnist_xp import Config, train  # noqa: E402
-from mnist_xp.backends import Backend, numpy_backend, select_backend  # noqa: E402
-from mnist_xp.errors import BackendError, DivergenceError  # noqa: E402
-
-from helpers import synthetic_dataset, write_dataset  # noqa: E402
+from mnist_xp import Config, train
+from mnist_xp.backends import Backend, numpy_backend, select_backend
+from mnist_xp.errors import BackendError, DivergenceError
+from mnist_xp.step import LocalEngine
+from mnist_xp.synthetic import synthetic_digits, write_idx_folder
 
 Result = tuple[bool | None, str]  # ok (None: skipped), what was seen
 
@@ -46,7 +43,7 @@ def largest_difference(got: list[np.ndarray], want: list[np.ndarray]) -> float:
 
 def fused_kernels_in_chunks(backend: Backend, data_dir: Path) -> Result:
     """The fused tail with a chunked full batch agrees with NumPy after 5 Adam steps."""
-    data = synthetic_dataset(n_train=1000, n_test=200)
+    data = synthetic_digits(n_train=1000, n_test=200)
     config = Config(hidden=(64, 32), optimizer="adam", lr=3e-3, weight_decay=1e-4, steps=5)
     gpu, _ = train(data, backend, config, chunk_size=256, eval_every=5)
     cpu, _ = train(data, numpy_backend(), config, chunk_size=256, eval_every=5)
@@ -108,7 +105,7 @@ def pool_limit_out_of_memory(backend: Backend, data_dir: Path) -> Result:
 def divergence_on_the_gpu(backend: Backend, data_dir: Path) -> Result:
     """A learning rate of 1e30 makes the loss NaN or infinite on the GPU too, and it is caught."""
     try:
-        train(synthetic_dataset(), backend, "relu10", lr=1e30, steps=10, log_every=1)
+        train(synthetic_digits(), backend, "relu10", lr=1e30, steps=10, log_every=1)
     except DivergenceError as exc:
         return True, f"DivergenceError: {exc}"
     return False, "lr=1e30 trained 10 steps without the divergence stop"
@@ -154,11 +151,12 @@ def event_timing(backend: Backend, data_dir: Path) -> Result:
 
     from mnist_xp.model import MLP
 
-    data = synthetic_dataset(n_train=60_000, n_test=10)
+    data = synthetic_digits(n_train=60_000, n_test=10)
     config = Config(hidden=(128,), optimizer="adam")
     with backend.activate():
-        split = backend.to_device(data.train_images, data.train_labels, "float32")
-        step = backend.train_step(config)
+        engine = LocalEngine(backend)
+        split = engine.place(data, "train", "float32")
+        step = engine.train_step(config)
         params = MLP.initialise(config, backend).params
         state = step.initial_state(params)
 
@@ -201,7 +199,7 @@ def main() -> int:
         print(f"no GPU to check: {exc}")
         return 1
     data_dir = args.out / "tiny-dataset"
-    write_dataset(data_dir, synthetic_dataset())
+    write_idx_folder(data_dir, synthetic_digits())
     results = []
     for name, check in CHECKS.items():
         try:

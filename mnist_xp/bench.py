@@ -2,8 +2,9 @@
 rate, share of the device's peak, dataset transfer time, peak memory, GPU/CPU speedup, the same
 step hand-written in PyTorch, and the time the `best` preset needs to reach 97% and 98%.
 
-Synthetic uint8 images of MNIST's shape stand in for the data in the step timings: dense matrix
-work takes the same time whatever the pixel values. Time to accuracy trains on the real data.
+Synthetic digits of MNIST's shape (mnist_xp.synthetic) stand in for the data in the step
+timings: dense matrix work takes the same time whatever the pixel values. Time to accuracy
+trains on the real data.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from . import nn
 from .backends import Backend
 from .backends.base import library_version
 from .config import Config
-from .data import CLASSES, PIXELS, Dataset
+from .data import CLASSES, Dataset
+from .engines import Engine, as_engine
 from .model import MLP
+from .synthetic import synthetic_digits
 from .train import train
 
 # Environment variables that change how BLAS runs (kernels, cache sizes, threads), recorded
@@ -126,37 +129,34 @@ def machine_description(backends: list[Backend]) -> dict[str, Any]:
     return machine
 
 
-def _synthetic(rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(rows, PIXELS), dtype=np.uint8)
-    return images, rng.integers(0, CLASSES, size=rows).astype(np.uint8)
-
-
-def measure_case(backend: Backend, hidden: tuple[int, ...], dtype: str = "float32", *,
+def measure_case(backend: Backend | Engine, hidden: tuple[int, ...], dtype: str = "float32", *,
                  tf32: bool = False, tail: nn.Tail | None = None, rows: int = 60_000,
                  repeats: int = 20, warmup: int = 3, chunk_size: int | None = None,
                  seed: int = 0) -> dict[str, Any]:
     """Time one case: the median full-batch step (forward, backward, Adam, no loss value, as
     between log points in training), the very TrainStep that training runs, and, interleaved
     with it so both see the same machine load, the median of the step's two big products X·W1
-    and Xᵀ·dZ1 alone."""
-    chunk_size = backend.default_chunk_rows if chunk_size is None else chunk_size
+    and Xᵀ·dZ1 alone. On a cluster, the bytes a step moves and the cost of a step with
+    almost no rows stand where the products would."""
+    engine = as_engine(backend)
+    backend = engine.backend
+    chunk_size = engine.default_chunk_rows if chunk_size is None else chunk_size
     backend.check_dtype(dtype)
-    images, labels = _synthetic(rows, seed)
+    data = synthetic_digits(rows, 0, seed)
     config = Config(hidden=hidden, activation="relu", loss="ce", optimizer="adam", dtype=dtype)
     xp = backend.xp
     with backend.activate(), backend.tf32(tf32):
         # the first transfer pays one-off kernel compiles on a GPU: the median of 3
-        transfer_s = [backend.seconds(lambda: backend.to_device(images, labels, dtype,
-                                                                chunk_size)) for _ in range(3)]
-        with backend.peak_memory() as peak:  # the data, the model and one step (it compiles)
-            split = backend.to_device(images, labels, dtype, chunk_size)
+        transfer_s = [backend.seconds(lambda: engine.place(data, "train", dtype, chunk_size))
+                      for _ in range(3)]
+        with engine.peak_memory() as peak:  # the data, the model and one step (it compiles)
+            split = engine.place(data, "train", dtype, chunk_size)
             model = MLP.initialise(config, backend, seed)
-            train_step = backend.train_step(config, chunk_size, tail)
+            train_step = engine.train_step(config, chunk_size, tail)
             params, state, _ = train_step(model.params, train_step.initial_state(model.params),
                                           split)
             params, state = backend.ready((params, state))
-        on_one_device = hasattr(split, "X")  # not spread over a cluster's workers
+        on_one_device = engine.traffic() is None  # not spread over a cluster's workers
         if on_one_device:
             W1 = params[0]
             dZ1 = backend.asarray(np.random.default_rng(seed).standard_normal(
@@ -175,31 +175,31 @@ def measure_case(backend: Backend, hidden: tuple[int, ...], dtype: str = "float3
             if on_one_device:
                 backend.ready(products())
         step_s, product_s = [], []
-        moved_before = _moved(backend)
+        moved_before = _moved(engine)
         for _ in range(repeats):
             step_s.append(backend.seconds(step))
             if on_one_device:
                 product_s.append(backend.seconds(products))
         cluster = {}
         if not on_one_device:  # bytes on the wire, and what a step costs with no arithmetic
-            cluster["bytes_per_step"] = (_moved(backend) - moved_before) / repeats
+            workers = len(engine.workers)
+            cluster["bytes_per_step"] = (_moved(engine) - moved_before) / repeats
             cluster["parameter_bytes"] = sum(np.asarray(p).nbytes for p in params)
-            cluster["workers"] = len(backend.workers)
-            tiny = backend.to_device(images[:4 * len(backend.workers)],
-                                     labels[:4 * len(backend.workers)], dtype, 1)
+            cluster["workers"] = workers
+            tiny = engine.place(synthetic_digits(4 * workers, 0, seed), "train", dtype, 1)
             cluster["overhead_ms"] = 1e3 * statistics.median(
                 backend.seconds(lambda: step(tiny)) for _ in range(max(5, repeats // 2)))
     step_ms = 1e3 * statistics.median(step_s)
     product_ms = 1e3 * statistics.median(product_s) if product_s else None
     flops = flops_per_step(config.sizes, rows)
-    if backend.on_gpu:
+    if engine.on_gpu:
         peak_flops, peak_name = gpu_peak(backend.hardware, dtype, tf32)
     else:
         peak_flops, peak_name = cpu_peak(dtype)
     gflops = flops / (step_ms / 1e3) / 1e9
-    return {"device": backend.device_name, "library": backend.library, "backend": backend.name,
+    return {"device": engine.device_name, "library": engine.library, "backend": engine.name,
             "hidden": list(hidden), "dtype": dtype,
-            "tf32": tf32 if backend.on_gpu and dtype == "float32" else None,
+            "tf32": tf32 if engine.on_gpu and dtype == "float32" else None,
             "tail": train_step.tail.name, "compiled": train_step.traces < warmup + 1,
             "rows": rows, "chunk_size": chunk_size, "repeats": repeats,
             "step_ms": step_ms, "products_ms": product_ms, "step_over_products":
@@ -211,12 +211,10 @@ def measure_case(backend: Backend, hidden: tuple[int, ...], dtype: str = "float3
             "peak_memory_bytes": peak[0], **cluster}
 
 
-def _moved(backend: Backend) -> int:
+def _moved(engine: Engine) -> int:
     """Bytes a cluster's steps have moved so far (0 off a cluster)."""
-    if not hasattr(backend, "traffic"):
-        return 0
-    traffic = backend.traffic()
-    return traffic.out + traffic.back + traffic.between
+    traffic = engine.traffic()
+    return 0 if traffic is None else traffic.out + traffic.back + traffic.between
 
 
 def torch_step_ms(device: str, hidden: tuple[int, ...], dtype: str = "float32", *,
@@ -232,9 +230,10 @@ def torch_step_ms(device: str, hidden: tuple[int, ...], dtype: str = "float32", 
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     tdtype = getattr(torch, dtype)
-    images, labels = _synthetic(rows, seed)
-    X = torch.as_tensor(images, device=dev).to(tdtype) / 255.0
-    Y = torch.nn.functional.one_hot(torch.as_tensor(labels, device=dev).long(), CLASSES)
+    data = synthetic_digits(rows, 0, seed)
+    X = torch.as_tensor(data.train_images, device=dev).to(tdtype) / 255.0
+    Y = torch.nn.functional.one_hot(torch.as_tensor(data.train_labels, device=dev).long(),
+                                    CLASSES)
     Y = Y.to(tdtype)
     config = Config(hidden=hidden, activation="relu", dtype=dtype)
     params = [torch.as_tensor(p, device=dev) for p in init_params(config, seed)]

@@ -13,6 +13,14 @@ from .nn import HIDDEN_ACTIVATIONS, LOSSES, OUTPUTS
 from .optim import OPTIMIZERS
 
 DTYPES = ("float32", "float64")
+FROM_PRESET = "default: the preset's"
+
+
+def _setting(default: Any, **flag: Any) -> Any:
+    """A Config field with its command-line flag's argparse settings (help, choices, type:
+    a type or the name of a parser in mnist_xp.cli), from which `mnist-xp train` makes its
+    flags: one place for each setting."""
+    return dataclasses.field(default=default, metadata={"flag": flag})
 
 
 @dataclass(frozen=True)
@@ -24,20 +32,35 @@ class Config:
     steps = epochs · ⌈N / batch_size⌉ over shuffled mini-batches.
     """
 
-    hidden: tuple[int, ...] = (128,)
-    activation: str = "relu"
-    output: str = "softmax"
-    loss: str = "ce"
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    steps: int = 500
-    batch_size: int | None = None
-    epochs: int | None = None
-    seed: int = 0
-    dtype: str = "float32"
-    augment: int = 1  # copies of the training set (mnist_xp.augment): 1 is the set as it is
+    hidden: tuple[int, ...] = _setting(
+        (128,), type="hidden", metavar="SIZES",
+        help=f"hidden layer sizes, e.g. 256,128, or none ({FROM_PRESET})")
+    activation: str = _setting("relu", choices=HIDDEN_ACTIVATIONS, help=FROM_PRESET)
+    output: str = _setting("softmax", choices=OUTPUTS, help=FROM_PRESET)
+    loss: str = _setting("ce", choices=LOSSES, help=f"ce (cross-entropy) or mse ({FROM_PRESET})")
+    optimizer: str = _setting("adam", choices=tuple(OPTIMIZERS), help=FROM_PRESET)
+    lr: float = _setting(1e-3, type=float, help=f"learning rate ({FROM_PRESET})")
+    momentum: float = _setting(
+        0.9, type=float, help="momentum coefficient, with --optimizer momentum (default: 0.9)")
+    weight_decay: float = _setting(
+        0.0, type=float, help=f"L2 penalty on the weight matrices ({FROM_PRESET})")
+    steps: int = _setting(
+        500, type=int, help=f"optimizer steps; on a preset counted in epochs, the run's length "
+                            f"in steps instead ({FROM_PRESET})")
+    batch_size: int | None = _setting(
+        None, type="batch_size", metavar="full|N",
+        help=f"'full' (every training image each step) or N for shuffled mini-batches "
+             f"({FROM_PRESET})")
+    epochs: int | None = _setting(
+        None, type=int, help=f"passes over the shuffled mini-batches, with --batch-size N "
+                             f"({FROM_PRESET})")
+    seed: int = _setting(0, type=int, help=FROM_PRESET)
+    dtype: str = _setting("float32", choices=DTYPES, help=FROM_PRESET)
+    # copies of the training set (mnist_xp.augment): 1 is the set as it is
+    augment: int = _setting(
+        1, type=int, metavar="K",
+        help="train on K copies of the training set, each but the first shifted by up to 2 "
+             "pixels (on a cluster, built on the workers; default: 1)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -147,11 +170,12 @@ def resumed(saved: Config, given: dict[str, Any], preset: Config | None = None) 
             continue
         mine = given.get(f.name) if asked is None else getattr(asked, f.name)
         if (f.name in given or asked is not None) and mine != getattr(saved, f.name):
-            differing.append(f"{flag(f.name)} {_shown(mine)} (the checkpoint's: "
-                             f"{_shown(getattr(saved, f.name))})")
+            differing.append((f.name, f"{flag(f.name)} {_shown(mine)} (the checkpoint's: "
+                                      f"{_shown(getattr(saved, f.name))})"))
     if differing:
         raise UsageError("--resume continues the checkpoint's run, and these differ from it: "
-                         + "; ".join(differing) + "; only --steps and --epochs may change")
+                         + "; ".join(text for _, text in differing) + "; only --steps and "
+                         "--epochs may change, not " + ", ".join(name for name, _ in differing))
     return resolve(saved, length)
 
 

@@ -35,6 +35,12 @@ class Dataset(NamedTuple):
     name: str = "mnist"
     source: str | None = None  # the folder of the IDX files it was read from, if any
 
+    def split(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        """(images, labels) of the "train" or "test" split."""
+        if which not in ("train", "test"):
+            raise ValueError(f"a dataset has a train and a test split, not {which!r}")
+        return getattr(self, f"{which}_images"), getattr(self, f"{which}_labels")
+
 
 def read_payload(path: str | Path) -> bytes:
     """The file's bytes, gunzipped when the file starts with the gzip magic 1f 8b."""

@@ -13,7 +13,6 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -23,15 +22,6 @@ from .errors import DataError, DownloadError, UsageError
 
 SPLIT_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-class Origin(NamedTuple):
-    """Where a split's rows are on disk: its dataset, the folder of its IDX files (None: not
-    from files) and which split, so that a worker of a cluster can read them itself."""
-
-    dataset: str
-    folder: str | None
-    split: str  # "train" or "test"
 
 
 @dataclass(frozen=True)
@@ -167,3 +157,14 @@ def train_rows(name: str = "mnist", data_dir: str | Path | None = None) -> int:
     if len(header) < 8:
         raise DataError(f"{path}: too short for an IDX header")
     return int.from_bytes(header[4:8], "big")
+
+
+def load_test_split(trained_on: str | None, asked: str | None,
+                    data_dir: str | Path | None, model: Path) -> Dataset:
+    """The test split of the dataset a model was trained on (or the one asked for, with a
+    warning when it is another): the training files are not read."""
+    dataset = asked or trained_on or "mnist"
+    if trained_on not in (None, dataset):
+        warnings.warn(f"{model} was trained on {trained_on}; using {dataset}, as --dataset "
+                      f"asks", stacklevel=2)
+    return load_dataset(dataset, data_dir, test_only=True)

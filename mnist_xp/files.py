@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import UsageError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -35,8 +37,6 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
 def check_output(path: Path | None, flag: str, example: str) -> None:
     """Refuse, before any work, an output that cannot be written: a folder given as a file
     path (`example` is the file name to suggest), a missing or read-only folder."""
-    from .errors import UsageError
-
     if path is None:
         return
     if path.is_dir():
@@ -65,3 +65,28 @@ def write_or_keep(path: Path, write: Callable[[BinaryIO], object]) -> Path | Non
             Path(kept).unlink(missing_ok=True)
             raise first from None
         return Path(kept)
+
+
+def check_distinct(outputs: list[tuple[str, Path | None]]) -> None:
+    """Two outputs written to one file: the later write would replace the earlier one."""
+    seen: dict[Path, str] = {}
+    for flag, path in outputs:
+        if path is None:
+            continue
+        where = Path(path).resolve()
+        if where in seen:
+            raise UsageError(f"{flag} {path} is also {seen[where]}'s file: give each output a "
+                             f"file of its own")
+        seen[where] = flag
+
+
+def keep_output(path: Path, flag: str, write: Callable[[BinaryIO], object]) -> str | None:
+    """Write an output of a finished run; None when written, else the line that says where
+    it was kept instead (write_or_keep), or that it could be kept nowhere."""
+    try:
+        kept = write_or_keep(path, write)
+    except OSError as exc:
+        return f"{flag} {path}: {exc.strerror or exc}, and it could not be kept anywhere"
+    if kept is None:
+        return None
+    return f"{flag} {path} could not be written; it was kept at {kept}"

@@ -149,3 +149,21 @@ def read_digits(path: Path) -> tuple[np.ndarray, list[str]]:
         digits, _ = read_kaggle_csv(path)
         return digits, [f"{path}:{i + 1}" for i in range(len(digits))]
     return preprocess(_open_image(path), str(path)).reshape(1, PIXELS), [str(path)]
+
+
+def write_digit_pictures(folder: Path, source: Path, digits: np.ndarray,
+                         written: set[str]) -> None:
+    """The 28x28 images the network saw, as PNG, named after their input; a name an earlier
+    input took gets a suffix (7.png, then 7_2.png), so that no picture overwrites another."""
+    from PIL import Image
+
+    from .files import atomic_write
+
+    for index, digit in enumerate(digits):
+        stem = source.stem if len(digits) == 1 else f"{source.stem}-{index}"
+        name, number = stem, 2
+        while name in written:
+            name, number = f"{stem}_{number}", number + 1
+        written.add(name)
+        picture = Image.fromarray(digit.reshape(28, 28))
+        atomic_write(folder / f"{name}.png", lambda handle, p=picture: p.save(handle, "PNG"))

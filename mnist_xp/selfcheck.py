@@ -4,15 +4,18 @@ whether the math runs on it: the weights must move, and must match NumPy's."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 
-from .backends import Backend, numpy_backend
+from .backends import LIBRARIES, Backend, LibraryMissing, numpy_backend, select_backend
 from .config import Config
-from .data import Dataset
+from .errors import MnistXpError, UsageError
 from .model import init_params
+from .synthetic import synthetic_digits
 from .train import train
 
 # Two runs that between them use every activation path, loss, optimizer and batching the
@@ -27,16 +30,6 @@ CONFIGS = (
 RELATIVE_TOLERANCE = {"float32": 1e-4, "float64": 1e-10}
 
 
-def synthetic_digits(rows: int = 400, seed: int = 0) -> Dataset:
-    """Ten noisy prototype 'digits' of MNIST's shape and dtype: nothing to download."""
-    rng = np.random.default_rng(seed)
-    prototypes = rng.integers(0, 256, size=(10, 784))
-    labels = (np.arange(rows) % 10).astype(np.uint8)
-    noise = rng.integers(-60, 61, size=(rows, 784))
-    images = np.clip(prototypes[labels] + noise, 0, 255).astype(np.uint8)
-    return Dataset(images, labels, images[:100], labels[:100], name="synthetic")
-
-
 class Verdict(NamedTuple):
     agrees: bool
     difference: float  # largest |ours - NumPy's| over every weight, / the largest |weight|
@@ -45,7 +38,7 @@ class Verdict(NamedTuple):
 
 def compare_with_numpy(backend: Backend, dtype: str = "float32") -> Verdict:
     """Train each of CONFIGS for 5 steps on backend and on NumPy and compare the weights."""
-    data = synthetic_digits()
+    data = synthetic_digits(400, 100)
     worst = 0.0
     for config in CONFIGS:
         config = config.replace(dtype=dtype)
@@ -66,30 +59,73 @@ def compare_with_numpy(backend: Backend, dtype: str = "float32") -> Verdict:
                                 f"weight)")
 
 
-# Library and device pairs that can work; others (NumPy on CUDA, ...) are not tried.
-PAIRS = (("numpy", "cpu"), ("torch", "cpu"), ("jax", "cpu"), ("dask", "cpu"),
-         ("cupy", "cuda"), ("torch", "cuda"), ("jax", "cuda"))
-
-
 def check_installed() -> Iterator[tuple[str, Verdict | str]]:
-    """(label, verdict) for every pair in PAIRS; a string says why a pair did not run."""
-    from .backends import LibraryMissing, select_backend
-    from .errors import MnistXpError
+    """(label, verdict) for every library on every device it can compute on
+    (backends.LIBRARIES); a string says why a pair did not run."""
+    for device in ("cpu", "cuda"):
+        for library in (name for name, entry in LIBRARIES.items() if device in entry.devices):
+            label = f"{library} on {device}"
+            if (library, device) == ("numpy", "cpu"):
+                yield label, "the reference"
+                continue
+            try:
+                backend = select_backend(device, library)
+            except LibraryMissing as exc:
+                yield label, f"not installed: {str(exc).split(': ', 1)[-1]}"
+                continue
+            except MnistXpError as exc:
+                yield label, f"unavailable: {exc}"
+                continue
+            if not backend.device_name.startswith(device):
+                yield label, f"unavailable: {backend.note or 'no such device'}"
+                continue
+            yield f"{library} on {backend.device_name}", compare_with_numpy(backend)
 
-    for library, device in PAIRS:
-        label = f"{library} on {device}"
-        if (library, device) == ("numpy", "cpu"):
-            yield label, "the reference"
-            continue
+
+WHAT = ("5 training steps of two small networks (relu/softmax/adam, full batch; "
+        "tanh/sigmoid/mse/momentum, mini-batches), float32, each backend against NumPy")
+# The distributions `mnist-xp info` names, then CuPy's (under one of its wheel names).
+DISTRIBUTIONS = ("numpy", "array-api-compat", "tqdm", "array-api-strict", "torch", "jax",
+                 "jaxlib", "dask")
+CUPY_DISTRIBUTIONS = ("cupy-cuda13x", "cupy-cuda12x", "cupy")
+
+
+def version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def versions() -> list[tuple[str, str]]:
+    """(name, version or "not installed") of every library info names; CuPy's wheels last."""
+    found = [(name, version(name)) for name in DISTRIBUTIONS]
+    cupy = [d for d in CUPY_DISTRIBUTIONS if version(d) != "not installed"]
+    return [*found, ("cupy", ", ".join(f"{d} {version(d)}" for d in cupy) or "not installed")]
+
+
+def cuda_devices() -> list[str]:
+    """A line per CUDA device CuPy sees, or one saying why it sees none (nothing without
+    CuPy)."""
+    if all(version(d) == "not installed" for d in CUPY_DISTRIBUTIONS):
+        return []
+    lines = []
+    while True:
         try:
-            backend = select_backend(device, library)
-        except LibraryMissing as exc:
-            yield label, f"not installed: {str(exc).split(': ', 1)[-1]}"
-            continue
+            lines.append(f"cuda:{len(lines)}: {select_backend(f'cuda:{len(lines)}', 'cupy').name}")
         except MnistXpError as exc:
-            yield label, f"unavailable: {exc}"
-            continue
-        if backend.device_name != device and not backend.device_name.startswith(device):
-            yield label, f"unavailable: {backend.note or 'no such device'}"
-            continue
-        yield f"{library} on {backend.device_name}", compare_with_numpy(backend)
+            return lines or [f"no CUDA device: {exc}"]
+
+
+def check(namespace: str | None = None) -> Iterator[tuple[str, Verdict | str]]:
+    """(label, verdict) for the namespace named (a module: array_api_strict, ...), or for every
+    installed library (check_installed)."""
+    if not namespace:
+        yield from check_installed()
+        return
+    try:
+        xp = importlib.import_module(namespace)
+    except ImportError as exc:
+        raise UsageError(f"--namespace {namespace}: cannot import it ({exc})") from None
+    backend = Backend(xp)
+    yield backend.name, compare_with_numpy(backend)

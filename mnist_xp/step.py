@@ -1,17 +1,22 @@
-"""The training step and the accuracy count, each built once per configuration by the backend:
+"""The local engine: a whole training step on one Backend (one device). It places a split on
+the device, and builds the training step and the accuracy count once per configuration:
 jitted on JAX, with fused kernels on CuPy, persisted on Dask, plain elsewhere. `train` and
-`bench` run the very same TrainStep.
+`bench` run the very same TrainStep; the cluster engine (mnist_xp.cluster) runs these pieces
+on its workers.
 
-    split = backend.to_device(images, labels, dtype)       # a DeviceSplit: X, y, one-hot Y
-    params, state, loss = step(params, state, split, with_loss)
+    engine = LocalEngine(backend)
+    split = engine.place(data, "train", dtype)               # a DeviceSplit: X, y, one-hot Y
+    params, state, loss = engine.train_step(config)(params, state, split, with_loss)
 
-is forward, backward and the optimizer's update over the rows of split.X (in chunks of `chunk_size`
-rows whose gradients are summed: the same full-batch gradient). It returns new parameters and
-optimizer state; the caller uses those from then on.
+is forward, backward and the optimizer's update over the rows of split.X (in chunks of
+`chunk_size` rows whose gradients are summed: the same full-batch gradient). It returns new
+parameters and optimizer state; the caller uses those from then on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,7 +26,7 @@ from array_api_compat import array_namespace
 from . import augment, nn
 from .backends import Backend
 from .config import Config
-from .data import CLASSES
+from .data import CLASSES, Dataset
 from .model import scale_images
 from .optim import State, make_optimizer
 
@@ -58,6 +63,16 @@ def to_device(backend: Backend, images: np.ndarray, labels: np.ndarray, dtype: s
         return DeviceSplit(*backend.ready((X, y, Y)))
 
 
+def optimizer_state(backend: Backend, optimizer: Any, params: list[Any], dtype: str,
+                    t: int = 0, host_state: dict[str, list[np.ndarray]] | None = None) -> State:
+    """An optimizer's state on backend's device: fresh, or from a checkpoint's host arrays
+    after t steps."""
+    if host_state is None:
+        return optimizer.init(params)
+    return {"t": backend.asarray(np.asarray(t, dtype=dtype)),
+            **{name: [backend.asarray(a) for a in arrays] for name, arrays in host_state.items()}}
+
+
 class _Program:
     """A step's Python function, counting how often its body runs: every call where it runs
     eagerly, once per static argument and shape when jax.jit traces it."""
@@ -70,19 +85,21 @@ class _Program:
         return self.body(*args, **kwargs)
 
 
-_BUILT: dict[tuple[Any, ...], tuple[_Program, Callable[..., Any]]] = {}
+# What each backend has built, by everything the body's code depends on: a later run of the
+# same configuration on the same backend reuses it, and JAX does not compile again (seconds
+# per program on a small CPU). A new Backend starts with nothing built.
+_BUILT: weakref.WeakKeyDictionary[Backend, dict[tuple[Any, ...], Any]] = \
+    weakref.WeakKeyDictionary()
 
 
 def _built(backend: Backend, key: tuple[Any, ...], body: Callable[..., Any],
            static_argnames: tuple[str, ...] = ()) -> tuple[_Program, Callable[..., Any]]:
-    """body, compiled by the backend once per backend kind and key (everything the body's code
-    depends on): a later run of the same configuration reuses it, and JAX does not compile
-    again (seconds per program on a small CPU)."""
-    key = (type(backend), *key)
-    if key not in _BUILT:
+    """body, compiled by the backend once per key."""
+    built = _BUILT.setdefault(backend, {})
+    if key not in built:
         program = _Program(body)
-        _BUILT[key] = program, backend.compile(program, static_argnames)
-    return _BUILT[key]
+        built[key] = program, backend.compile(program, static_argnames)
+    return built[key]
 
 
 class TrainStep:
@@ -122,12 +139,8 @@ class TrainStep:
                       host_state: dict[str, list[np.ndarray]] | None = None) -> State:
         """The optimizer's state on the device: fresh, or from a checkpoint's host arrays
         after t steps."""
-        state = self.optimizer.init(params)
-        if host_state is not None:
-            state = {"t": self.backend.asarray(np.asarray(t, dtype=self.config.dtype)),
-                     **{name: [self.backend.asarray(a) for a in arrays]
-                        for name, arrays in host_state.items()}}
-        return state
+        return optimizer_state(self.backend, self.optimizer, params, self.config.dtype, t,
+                               host_state)
 
 
 class Accuracy:
@@ -142,7 +155,8 @@ class Accuracy:
 
         _, self._hits = _built(backend, ("hits", activation), hits)
 
-    def __call__(self, params: list[Any], split: DeviceSplit) -> float:
+    def hits(self, params: list[Any], split: DeviceSplit) -> float:
+        """How many rows of split the network gets right."""
         X, y = split.X, split.y
         n = X.shape[0]
         step = self.chunk_size or n
@@ -150,4 +164,58 @@ class Accuracy:
         for start in range(0, n, step):
             total = total + self._hits(params, X[start:min(start + step, n), ...],
                                        y[start:min(start + step, n)])
-        return float(total) / n
+        return float(total)
+
+    def __call__(self, params: list[Any], split: DeviceSplit) -> float:
+        return self.hits(params, split) / split.rows
+
+
+class LocalEngine:
+    """The local engine: data, parameters and the whole step on one Backend. The cluster
+    engine (mnist_xp.cluster.ClusterEngine) has the same methods."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend  # where the parameters live, and what times a step
+
+    name = property(lambda self: self.backend.name)
+    note = property(lambda self: self.backend.note)
+    library = property(lambda self: self.backend.library)
+    device_name = property(lambda self: self.backend.device_name)
+    on_gpu = property(lambda self: self.backend.on_gpu)
+    default_chunk_rows = property(lambda self: self.backend.default_chunk_rows)
+
+    def place(self, data: Dataset, split: str, dtype: str, chunk_rows: int | None = None, *,
+              copies: int = 1, seed: int = 0) -> DeviceSplit:
+        """data's "train" or "test" split on the device, with `copies` shifted copies."""
+        images, labels = data.split(split)
+        return to_device(self.backend, images, labels, dtype, chunk_rows, copies, seed)
+
+    def train_step(self, config: Config, chunk_size: int | None = None,
+                   tail: nn.Tail | None = None) -> TrainStep:
+        """The training step for config, built once per configuration on this backend."""
+        return TrainStep(self.backend, config, chunk_size, tail)
+
+    def accuracy(self, activation: str, chunk_size: int | None = None) -> Accuracy:
+        """accuracy(params, split) for networks with this activation."""
+        return Accuracy(self.backend, activation, chunk_size)
+
+    def peak_memory(self) -> contextlib.AbstractContextManager[list[int | None]]:
+        """The backend's high-water mark of memory in the block (Backend.peak_memory)."""
+        return self.backend.peak_memory()
+
+    def traffic(self) -> None:
+        """What crossed a network: nothing, on one device (a cluster's engine counts it)."""
+        return None
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        return self.name
+

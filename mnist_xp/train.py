@@ -8,7 +8,6 @@ epoch going in).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 import warnings
@@ -22,19 +21,13 @@ from tqdm import tqdm
 
 from .backends import Backend, select_backend
 from .checkpoint import Checkpoint, save_checkpoint
-from .config import LENGTH, Config, resolve
+from .config import Config
 from .data import CLASSES, Dataset
-from .datasets import Origin
-from .errors import (
-    DataError,
-    DeviceMemoryError,
-    DivergenceError,
-    Interrupted,
-    LostWork,
-    UsageError,
-)
+from .engines import Engine, as_engine
+from .errors import DataError, DeviceMemoryError, DivergenceError, Interrupted, MnistXpError
 from .model import MLP
-from .presets import get_preset
+from .settings import RunSettings, check_run
+from .version import __version__
 
 
 @dataclass
@@ -62,13 +55,6 @@ class History:
 class Evaluation(NamedTuple):
     accuracy: float
     confusion: np.ndarray  # confusion[true, predicted] counts, (10, 10)
-
-
-def resolve_config(preset: str | Config, overrides: dict[str, Any]) -> Config:
-    """A preset (by name or as a Config) with the given fields replaced (config.resolve: a
-    `steps` override means steps, even on a preset counted in epochs)."""
-    base = get_preset(preset) if isinstance(preset, str) else preset
-    return resolve(base, {k: v for k, v in overrides.items() if v is not None})
 
 
 class Batches:
@@ -135,101 +121,77 @@ def _finite_loss(loss: Any, step: int, lr: float) -> float:
     return value
 
 
-def train(data: Dataset, backend: Backend | None = None, preset: str | Config = "best", *,
+def train(data: Dataset, backend: Backend | Engine | None = None,
+          preset: str | Config | None = None, *, settings: RunSettings | None = None,
           eval_every: int | None = None, log_every: int = 10, chunk_size: int | None = None,
-          progress: bool = False, stop_at_accuracy: float | None = None,
           checkpoint: Path | None = None, checkpoint_every: int | None = None,
-          resume: Checkpoint | None = None, should_stop: Callable[[], Any] | None = None,
+          resume: Checkpoint | None = None, progress: bool = False,
+          stop_at_accuracy: float | None = None, should_stop: Callable[[], Any] | None = None,
           on_pace: Callable[[float, int], None] | None = None,
           **overrides: Any) -> tuple[MLP, History]:
     """Train a network on data.train_*, evaluating on data.test_* every `eval_every` steps.
 
-    `preset` names a preset or is a Config; keyword overrides replace its fields
-    (steps=, seed=, lr=, hidden=, ...). `chunk_size` splits each step's rows into chunks
-    whose gradients are summed (the same gradient; default: the backend's choice).
+    `backend` is a Backend (the local engine runs on it) or an engine (mnist_xp.engines;
+    default: select_backend("auto")). The run's settings are checked once, by
+    settings.check_run: either `settings` as the command line checked them, or these
+    arguments. `preset` names a preset or is a Config (default: best; with `resume`, the
+    checkpoint's); keyword overrides replace its fields (steps=, seed=, lr=, hidden=, ...).
+    `chunk_size` splits each step's rows into chunks whose gradients are summed (the same
+    gradient; default: the engine's choice). `checkpoint` is written every
+    `checkpoint_every` steps and at the end; `resume` (from load_checkpoint) continues a run.
+
     `stop_at_accuracy` ends the run at the first evaluation whose test accuracy reaches it.
-    Each history record has `seconds` (wall time so far) and `train_seconds` (the same
-    without the evaluations). Returns the trained model and its history.
-
-    `checkpoint` is written every `checkpoint_every` steps and at the end; `resume` (from
-    load_checkpoint) continues a run: its config (with overrides: steps, epochs) and state.
-    `should_stop()` is asked after every step: when true (a string names why, e.g. "Ctrl-C"),
-    the checkpoint (if any) is written and Interrupted raised, so a stop never leaves a
-    half-applied update behind.
-    `on_pace(seconds_per_step, steps_left)` is called once, early: after the second step of
-    this run (the first pays one-off costs such as compiling), or the first if it is the last.
+    `should_stop()` is asked after every step: when true (a string names why, e.g.
+    "Ctrl-C"), the checkpoint (if any) is written and Interrupted raised, so a stop never
+    leaves a half-applied update behind. `on_pace(seconds_per_step, steps_left)` is called
+    once, early: after the second step of this run (the first pays one-off costs such as
+    compiling), or the first if it is the last. Each history record has `seconds` (wall time
+    so far) and `train_seconds` (the same without the evaluations). Returns the trained model
+    and its history.
     """
-    if resume is not None:  # the checkpoint's configuration, or a Config that differs in length
-        config = resolve_config(preset if isinstance(preset, Config) else resume.config,
-                                overrides)
-        changed = [f.name for f in dataclasses.fields(Config) if f.name not in LENGTH
-                   and getattr(config, f.name) != getattr(resume.config, f.name)]
-        if changed:
-            raise UsageError(f"--resume takes the configuration from the checkpoint; only "
-                             f"--steps and --epochs may change, not {', '.join(changed)}")
-    else:
-        config = resolve_config(preset, overrides)
-    backend = backend or select_backend("auto")
-    total = config.total_steps(len(data.train_labels))
-    eval_every = max(1, total // 10) if eval_every is None else eval_every
-    chunk_size = backend.default_chunk_rows if chunk_size is None else chunk_size
-    if eval_every < 1 or log_every < 1 or (chunk_size is not None and chunk_size < 1):
-        raise UsageError("--eval-every, --log-every and --chunk-size must be at least 1")
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise UsageError("--checkpoint-every must be at least 1")
-    if resume is not None and resume.dataset not in (None, data.name):
-        raise UsageError(f"the checkpoint's run trains on {resume.dataset}, not {data.name}")
-    if resume is not None and resume.step >= total:
-        raise UsageError(f"the checkpoint is already at step {resume.step} of {total}: pass "
-                         f"--steps above {resume.step} to train further")
-    backend.check_dtype(config.dtype)
-    saving = Saving(checkpoint, checkpoint_every or eval_every, resume, should_stop)
+    if settings is None:
+        given = {name: value for name, value in overrides.items() if value is not None}
+        settings = check_run(preset, given, train_rows=lambda _: len(data.train_labels),
+                             resume=resume, dataset=data.name, eval_every=eval_every,
+                             log_every=log_every, chunk_size=chunk_size, checkpoint=checkpoint,
+                             checkpoint_every=checkpoint_every)
+    engine = as_engine(backend or select_backend("auto"))
+    engine.backend.check_dtype(settings.config.dtype)
+    chunk_size = engine.default_chunk_rows if settings.chunk_size is None else settings.chunk_size
     try:
-        return _train(data, backend, config, eval_every, log_every, chunk_size, progress,
-                      stop_at_accuracy, saving, on_pace)
+        return _train(data, engine, settings, chunk_size, progress, stop_at_accuracy,
+                      should_stop, on_pace)
     except Exception as exc:
-        if not backend.is_out_of_memory(exc):
+        if not engine.backend.is_out_of_memory(exc):
             raise
-        rows = chunk_size or config.batch_size or len(data.train_labels)
-        raise _out_of_memory(config, data, rows) from None
+        rows = chunk_size or settings.config.batch_size or len(data.train_labels)
+        raise _out_of_memory(settings.config, data, rows) from None
 
 
-class Saving(NamedTuple):
-    """Where and when to checkpoint, what to resume from, and the stop request."""
-
-    path: Path | None
-    every: int
-    resume: Checkpoint | None
-    should_stop: Callable[[], Any] | None
-
-
-def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log_every: int,
-           chunk_size: int | None, progress: bool, stop_at_accuracy: float | None,
-           saving: Saving, on_pace: Callable[[float, int], None] | None
+def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int | None,
+           progress: bool, stop_at_accuracy: float | None,
+           should_stop: Callable[[], Any] | None, on_pace: Callable[[float, int], None] | None
            ) -> tuple[MLP, History]:
-    total = config.total_steps(len(data.train_labels))
+    config, resume, total = settings.config, settings.resume, settings.total_steps
+    eval_every, log_every = settings.eval_every, settings.log_every
+    backend = engine.backend
     history = History()
-    resume = saving.resume
     # Divergence is caught from the loss below, so NumPy's overflow warnings would only be noise.
     with backend.activate(), np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        train_split = backend.to_device(
-            data.train_images, data.train_labels, config.dtype, chunk_size,
-            copies=config.augment, seed=config.seed,
-            origin=Origin(data.name, data.source, "train"))
-        test_split = backend.to_device(data.test_images, data.test_labels, config.dtype,
-                                       chunk_size, origin=Origin(data.name, data.source, "test"))
+        train_split = engine.place(data, "train", config.dtype, chunk_size,
+                                   copies=config.augment, seed=config.seed)
+        test_split = engine.place(data, "test", config.dtype, chunk_size)
         model = (MLP.initialise(config, backend) if resume is None else
                  MLP.from_host(config, resume.params, backend))
         model.dataset = data.name
-        train_step = backend.train_step(config, chunk_size)
-        accuracy = backend.accuracy(config.activation, chunk_size)
-        first = 1
+        train_step = engine.train_step(config, chunk_size)
+        accuracy = engine.accuracy(config.activation, chunk_size)
+        first = settings.first_step
         if resume is None:
             state = train_step.initial_state(model.params)
         else:
             state = train_step.initial_state(model.params, resume.optimizer_t,
                                              resume.optimizer_state)
-            first = resume.step + 1
             history.records, history.final_loss = list(resume.records), resume.final_loss
         batches = Batches(train_split, config, backend, resume.batches if resume else None)
 
@@ -237,22 +199,23 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
             """The checkpoint after `step`; where its path cannot be written, a copy in the
             temporary folder and a warning (the run goes on, and tries the path again next
             time); a run whose checkpoint can be written nowhere stops."""
-            if saving.path is None:
+            path = settings.checkpoint
+            if path is None:
                 return None
             try:
-                kept = save_checkpoint(saving.path, model, state, step,
+                kept = save_checkpoint(path, model, state, step,
                                        batches_state or batches.state(), history.records,
                                        history.final_loss)
             except OSError as exc:
-                raise DataError(f"--checkpoint {saving.path}: {exc.strerror or exc}, and the "
+                raise DataError(f"--checkpoint {path}: {exc.strerror or exc}, and the "
                                 f"checkpoint of step {step} could not be kept anywhere") from None
             if kept is not None:
-                warnings.warn(f"--checkpoint {saving.path} could not be written; the checkpoint "
+                warnings.warn(f"--checkpoint {path} could not be written; the checkpoint "
                               f"of step {step} was kept at {kept} (--resume it)", stacklevel=2)
-            return kept or saving.path
+            return kept or path
 
         def asked_to_stop() -> Any:
-            return saving.should_stop() if saving.should_stop is not None else None
+            return should_stop() if should_stop is not None else None
 
         def stopped(reason: Any, step: int, saved: Path | None) -> Interrupted:
             by = f" by {reason}" if isinstance(reason, str) else ""
@@ -299,14 +262,14 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
                         bar.set_postfix(loss=f"{history.final_loss:.4f}",
                                         train=f"{history.last['train_accuracy']:.2%}",
                                         test=f"{history.last['test_accuracy']:.2%}", refresh=False)
-                except LostWork:  # a stop signal that also reached a cluster's workers
+                except MnistXpError:  # a stop signal that also reached the engine's workers
                     reason = asked_to_stop()
                     if not reason:
                         raise
                     raise stopped(reason, done, save(done, done_batches)) from None
                 bar.update(1)
                 history.steps = step
-                if step % saving.every == 0 or step == total:
+                if step % settings.checkpoint_every == 0 or step == total:
                     save(step)
                 reason = asked_to_stop()
                 if reason:
@@ -319,6 +282,25 @@ def _train(data: Dataset, backend: Backend, config: Config, eval_every: int, log
         history.seconds = time.perf_counter() - start
         history.seconds_here = time.perf_counter() - here
     return model, history
+
+
+def run_metrics(preset: str | None, settings: RunSettings, dataset: str, engine: Engine,
+                history: History, traffic: Any = None) -> dict[str, Any]:
+    """What `train --metrics-out` writes: the settings, where it ran, the history and totals,
+    and, on a cluster, what crossed the network."""
+    config, last = settings.config, history.last
+    rate = history.steps_here / history.seconds_here if history.seconds_here > 0 else math.inf
+    return {
+        "preset": preset, "config": config.to_dict(), "dataset": dataset,
+        "backend": engine.library, "device": engine.device_name, "device_name": engine.name,
+        "dtype": config.dtype, "steps": history.steps, "steps_this_run": history.steps_here,
+        "batch_size": config.batch_size or "full", "seconds": history.seconds,
+        "seconds_this_run": history.seconds_here, "steps_per_second": rate,
+        "train_accuracy": last["train_accuracy"], "test_accuracy": last["test_accuracy"],
+        "final_loss": history.final_loss, "history": history.records,
+        **({"bytes_per_step": traffic.per_step, "traffic": traffic._asdict()}
+           if traffic else {}),
+        "mnist_xp_version": __version__}
 
 
 def evaluate(model: MLP, images: np.ndarray, labels: np.ndarray) -> Evaluation:

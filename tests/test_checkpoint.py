@@ -18,6 +18,7 @@ from mnist_xp import Config, train
 from mnist_xp.backends import numpy_backend
 from mnist_xp.checkpoint import load_checkpoint
 from mnist_xp.errors import DataError, Interrupted, LostWork, UsageError
+from mnist_xp.step import LocalEngine
 
 from conftest import assert_close
 
@@ -95,7 +96,7 @@ class _StepThatLosesItsWorkers:
 def test_a_step_lost_to_the_stop_signal_saves_the_step_before(tiny_data, tmp_path, stop):
     """Stopped: the checkpoint holds the last finished step (its batch position included), and
     resuming it gives the run straight through. Not stopped: the error stands."""
-    backend = numpy_backend()
+    backend = LocalEngine(numpy_backend())
     config = Config(hidden=(16,), optimizer="adam", lr=3e-3, batch_size=70, steps=10)
     signalled = []
     real_train_step = backend.train_step

@@ -1,4 +1,4 @@
-"""Training on a Dask cluster (backends/cluster.py), on a LocalCluster of two single-thread
+"""Training on a Dask cluster (mnist_xp/cluster/), on a LocalCluster of two single-thread
 worker processes: NumPy's numbers, data that stays on its workers and only parameters and
 gradients on the wire, a worker that dies mid-run, resume, the command line."""
 
@@ -14,10 +14,11 @@ import types
 import pytest
 
 from mnist_xp import Config, train
-from mnist_xp.backends import numpy_backend, select_backend
+from mnist_xp.backends import numpy_backend
 from mnist_xp.checkpoint import load_checkpoint
 from mnist_xp.cli import main
-from mnist_xp.datasets import Origin, load_dataset
+from mnist_xp.datasets import load_dataset
+from mnist_xp.engines import select_engine
 from mnist_xp.errors import BackendError, UsageError
 
 from conftest import assert_close, importorskip
@@ -34,7 +35,7 @@ CASES = {
 @pytest.fixture(scope="module")
 def cluster():
     importorskip("distributed")
-    backend = select_backend("cpu", "dask", workers=2)
+    backend = select_engine("cpu", "dask", workers=2)
     yield backend
     backend.close()
 
@@ -59,8 +60,7 @@ def test_the_data_stays_on_its_workers_and_only_parameters_travel(cluster, tiny_
     per worker) and one partial sum per worker comes back: 4x the parameters on 2 workers,
     whatever the number of rows, and no data chunk ever moves."""
     data = load_dataset("mnist", tiny_dir)
-    split = cluster.to_device(data.train_images, data.train_labels, "float32",
-                              origin=Origin("mnist", data.source, "train"))
+    split = cluster.place(data, "train", "float32")
     assert split.read_on_workers and len(split.chunks) == 8  # 4 a worker
     before = cluster.traffic()
     config = Config(hidden=(16,), optimizer="adam", steps=6)
@@ -93,7 +93,7 @@ def test_the_bytes_on_the_wire_are_the_ones_reported(cluster, tiny_data, monkeyp
     reached from the client: 8x, and counted so."""
     monkeypatch.setattr(cluster, "direct", direct)
     config = Config(hidden=(64,), optimizer="adam", steps=1)
-    split = cluster.to_device(tiny_data.train_images, tiny_data.train_labels, "float32")
+    split = cluster.place(tiny_data, "train", "float32")
     model, _ = train(tiny_data, cluster, config, eval_every=1)
     params = model.host_params()
     step = cluster.train_step(config)
@@ -116,10 +116,10 @@ def test_partial_sums_are_added_in_a_tree_on_the_workers(tiny_data, monkeypatch)
     """Three workers and a fan-in of 2: two of the partial sums are added on a worker, and
     two sums (not three) come back; the numbers are NumPy's."""
     importorskip("distributed")
-    monkeypatch.setattr("mnist_xp.backends.cluster.FAN_IN", 2)
+    monkeypatch.setattr("mnist_xp.cluster.engine.FAN_IN", 2)
     config = Config(hidden=(16,), optimizer="adam", lr=3e-3, steps=4)
     reference, _ = train(tiny_data, numpy_backend(), config, eval_every=4)
-    with select_backend("cpu", "dask", workers=3) as three:
+    with select_engine("cpu", "dask", workers=3) as three:
         model, _ = train(tiny_data, three, config, eval_every=4)
         traffic = three.traffic()
     _agree(model, reference)
@@ -156,7 +156,7 @@ def test_a_worker_that_dies_mid_run_is_replaced_and_the_run_goes_on(tiny_data):
     starts); the run ends with NumPy's weights."""
     importorskip("distributed")
     config = Config(hidden=(16,), optimizer="adam", lr=3e-3, steps=8)
-    with select_backend("cpu", "dask", workers=2) as backend:
+    with select_engine("cpu", "dask", workers=2) as backend:
         victim = backend.workers[1]
         steps = []
 
@@ -200,16 +200,16 @@ def test_cluster_flags_are_checked(flags, error, message, tiny_dir, capsys):
 
 def test_no_scheduler_at_the_address_is_one_line(monkeypatch):
     importorskip("distributed")
-    monkeypatch.setattr("mnist_xp.backends.cluster.CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr("mnist_xp.cluster.connect.CONNECT_TIMEOUT_S", 2)
     with pytest.raises(BackendError, match="--scheduler tcp://127.0.0.1:9: no Dask scheduler"):
-        select_backend("cpu", "dask", scheduler="tcp://127.0.0.1:9")
+        select_engine("cpu", "dask", scheduler="tcp://127.0.0.1:9")
 
 
 @pytest.mark.parametrize("address", ["foo", "tcp://127.0.0.1:notaport"])
 def test_a_malformed_scheduler_address_is_one_line(address):
     importorskip("distributed")
     with pytest.raises(BackendError, match=f"--scheduler {address}: not a scheduler's address"):
-        select_backend("cpu", "dask", scheduler=address)
+        select_engine("cpu", "dask", scheduler=address)
 
 
 def test_a_server_that_never_answers_as_a_scheduler_is_one_line(monkeypatch):
@@ -218,13 +218,13 @@ def test_a_server_that_never_answers_as_a_scheduler_is_one_line(monkeypatch):
     import socket
 
     importorskip("distributed")
-    monkeypatch.setattr("mnist_xp.backends.cluster.CONNECT_TIMEOUT_S", 1)
+    monkeypatch.setattr("mnist_xp.cluster.connect.CONNECT_TIMEOUT_S", 1)
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
         with pytest.raises(BackendError, match="something answered, but not as a Dask"):
-            select_backend("cpu", "dask", scheduler=address)
+            select_engine("cpu", "dask", scheduler=address)
 
 
 def test_work_the_cluster_cannot_redo_stops_the_run_and_keeps_the_checkpoint(
@@ -233,7 +233,7 @@ def test_work_the_cluster_cannot_redo_stops_the_run_and_keeps_the_checkpoint(
     evaluation is the one on disk."""
     from distributed import KilledWorker
 
-    from mnist_xp.backends.cluster import ClusterError
+    from mnist_xp.cluster import ClusterError
 
     path = tmp_path / "run.npz"
     steps = []

@@ -15,9 +15,9 @@ from conftest import importorskip, make_backend
 
 def test_jax_compiles_the_step_once_per_configuration(tiny_data):
     importorskip("jax")
-    backend = make_backend("jax-cpu")
-    # an lr no other test uses, so that this configuration's compiled step is this test's own
-    config = Config(hidden=(8,), optimizer="adam", lr=0.00123, steps=20)
+    backend = make_backend("jax-cpu")  # a new Backend has built nothing yet
+    config = Config(hidden=(8,), optimizer="adam", steps=20)
+    assert TrainStep(backend, config).traces == 0
     train(tiny_data, backend, config, eval_every=10, log_every=5)
     traces = TrainStep(backend, config).traces
     assert traces == 2  # with and without the loss value
@@ -27,6 +27,7 @@ def test_jax_compiles_the_step_once_per_configuration(tiny_data):
     train(tiny_data, backend, minibatch, eval_every=40, log_every=3)
     # the same code, so the same compiled step: two new batch shapes, with and without loss
     assert TrainStep(backend, minibatch).traces == traces + 4
+    assert TrainStep(make_backend("jax-cpu"), config).traces == 0  # built per backend
 
 
 def test_dask_computes_once_per_step_and_its_graph_stays_flat(tiny_data):

@@ -3,9 +3,11 @@ package must know about its library. This base class serves any eager library th
 standard (NumPy, array_api_strict, ...); each library with quirks has a small module beside this
 one (cupy, torch, jax, dask, ndonnx) whose subclass `Backend(xp, device)` picks by itself.
 
-The math (nn.py, optim.py) never asks which library it runs on. The training step is built once
-through `compile` (jax.jit on JAX, persisted on Dask, the plain function elsewhere), arrays
-cross from and to the host only through `asarray` and `to_numpy`, and `ready` waits for them.
+The math (nn.py, optim.py) never asks which library it runs on. A Backend knows only what an
+array library needs: its namespace and device, moving arrays (`asarray` in, `to_numpy` out),
+waiting for them (`ready`), building a function once (`compile`: jax.jit on JAX, persisted on
+Dask, as it is elsewhere), the fused element-wise tail, and memory. How a step runs over the
+data is an engine's business (step.py here, mnist_xp.cluster across machines).
 """
 
 from __future__ import annotations
@@ -16,27 +18,15 @@ import tracemalloc
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import array_api_compat
 import numpy as np
 
 from ..errors import BackendError
+from .libraries import adapter, compat_namespace, library_of
 
 # Everything the math, the training loop and the model ask of a namespace.
 NEEDED = ("asarray", "astype", "zeros", "zeros_like", "ones", "arange", "reshape", "expand_dims",
           "matrix_transpose", "matmul", "take", "exp", "log", "tanh", "sqrt", "max", "sum",
           "mean", "argmax", "float32", "int64", "__array_namespace_info__")
-
-
-def compat_namespace(xp: Any) -> Any:
-    """array_api_compat's wrapper for the libraries that need one (NumPy, CuPy, torch, Dask);
-    any other namespace as given."""
-    for is_namespace, module in ((array_api_compat.is_numpy_namespace, "numpy"),
-                                 (array_api_compat.is_cupy_namespace, "cupy"),
-                                 (array_api_compat.is_torch_namespace, "torch"),
-                                 (array_api_compat.is_dask_namespace, "dask.array")):
-        if is_namespace(xp):
-            return __import__(f"array_api_compat.{module}", fromlist=["_"])
-    return xp
 
 
 def library_name(xp: Any) -> str:
@@ -49,17 +39,11 @@ def library_version(library: str) -> str:
 
 
 def _backend_class(xp: Any) -> type[Backend]:
-    """The Backend subclass for xp's library; its module is imported only when it is used."""
-    from importlib import import_module
-
-    for is_namespace, module in ((array_api_compat.is_cupy_namespace, "cupy"),
-                                 (array_api_compat.is_torch_namespace, "torch"),
-                                 (array_api_compat.is_jax_namespace, "jax"),
-                                 (array_api_compat.is_dask_namespace, "dask"),
-                                 (array_api_compat.is_ndonnx_namespace, "ndonnx")):
-        if is_namespace(xp):
-            return import_module(f".{module}", __package__).BACKEND
-    return Backend
+    """The Backend subclass for xp's library (backends/<library>.py, imported when used)."""
+    library = library_of(xp)
+    if library is None or library.name == "numpy":
+        return Backend
+    return adapter(library.name).BACKEND
 
 
 def first_line(exc: BaseException) -> str:
@@ -155,28 +139,6 @@ class Backend:
     def activate(self) -> contextlib.AbstractContextManager:
         """Make this device (and its numeric settings) current for the block."""
         return contextlib.nullcontext()
-
-    def to_device(self, images: np.ndarray, labels: np.ndarray, dtype: str,
-                  chunk_rows: int | None = None, *, copies: int = 1, seed: int = 0,
-                  origin: Any = None) -> Any:
-        """uint8 images and labels as a split on this backend (step.to_device's DeviceSplit),
-        with `copies` shifted copies (mnist_xp.augment). `origin` (datasets.Origin) says which
-        files they came from, for backends whose workers read the data themselves."""
-        from ..step import to_device
-
-        return to_device(self, images, labels, dtype, chunk_rows, copies, seed)
-
-    def train_step(self, config: Any, chunk_size: int | None = None, tail: Any = None) -> Any:
-        """The training step for config (step.TrainStep), built once per configuration."""
-        from ..step import TrainStep
-
-        return TrainStep(self, config, chunk_size, tail)
-
-    def accuracy(self, activation: str, chunk_size: int | None = None) -> Any:
-        """accuracy(params, split) for networks with this activation (step.Accuracy)."""
-        from ..step import Accuracy
-
-        return Accuracy(self, activation, chunk_size)
 
     def check_dtype(self, dtype: str) -> None:
         """Raise BackendError when this backend cannot compute in dtype."""

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import BackendError
 from .base import Backend
+from .libraries import pick_gpu
 
 INSTALL_HINT = ('pip install "mnist-xp[cuda12]" (or "mnist-xp[cuda13]") installs CuPy with '
                 'the CUDA libraries, headers and NVRTC it compiles its kernels with')
@@ -153,7 +154,6 @@ class CupyBackend(Backend):
 
 def select(kind: str, index: int | None) -> Backend:
     """CuPy on cuda:index (kind 'cuda' or 'auto'); BackendError says why when impossible."""
-    index = index or 0
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no driver, driver too old, no device node, ...
@@ -162,8 +162,7 @@ def select(kind: str, index: int | None) -> Backend:
                            + (f": {hint}" if hint else "")) from None
     if count == 0 or not cupy.is_available():
         raise BackendError("CuPy found no usable CUDA GPU (0 devices visible)")
-    if index >= count:
-        raise BackendError(f"cuda:{index} does not exist: CuPy sees {count} CUDA device(s)")
+    index = pick_gpu("cupy", "cuda", index, count, "")
     import array_api_compat.cupy as xp
 
     props = cupy.cuda.runtime.getDeviceProperties(index)

@@ -20,8 +20,6 @@ import numpy as np
 
 from .base import Backend
 
-DASK_HINT = 'pip install "mnist-xp[dask]"'
-
 
 class DaskBackend(Backend):
     """array_api_compat.dask.array on the local (threaded) scheduler."""

@@ -20,8 +20,9 @@ import numpy as np
 
 from ..errors import BackendError, UsageError
 from .base import Backend
+from .libraries import LIBRARIES, parse_device, pick_gpu
 
-JAX_HINT = 'pip install "mnist-xp[jax]" (CPU), or "jax[cuda12]" for NVIDIA GPUs'
+JAX_HINT = f'pip install {LIBRARIES["jax"].extra} (CPU), or "jax[cuda12]" for NVIDIA GPUs'
 
 
 class JaxBackend(Backend):
@@ -35,8 +36,6 @@ class JaxBackend(Backend):
             return jax.devices()[0]
         if not isinstance(device, str):
             return device
-        from . import parse_device
-
         try:
             kind, index = parse_device(device)
         except UsageError:
@@ -45,10 +44,7 @@ class JaxBackend(Backend):
         if kind == "auto":
             return jax.devices()[0]
         platform = "cpu" if kind == "cpu" else "gpu"
-        try:
-            devices = jax.devices(platform)
-        except RuntimeError:  # "Unknown backend": a CPU-only jaxlib
-            devices = []
+        devices = jax.devices("cpu") if kind == "cpu" else _gpus()
         if (index or 0) >= len(devices):
             raise BackendError(f"JAX has no device {device!r}: it sees {len(devices)} "
                                f"{platform.upper()} device(s)")
@@ -118,23 +114,23 @@ class JaxBackend(Backend):
 def select(kind: str, index: int | None) -> Backend:
     """JAX on its CPU, on GPU number index, or ('auto') on its first GPU when it has one."""
     version = jax.__version__
-    if kind == "cpu":
-        return JaxBackend(jnp, jax.devices("cpu")[0], name=f"jax {version} on cpu")
-    try:
-        gpus = jax.devices("gpu")
-    except RuntimeError:  # "Unknown backend: 'gpu' requested": a CPU-only jaxlib
-        gpus = []
-    if not gpus:
-        if kind == "auto":
-            return JaxBackend(jnp, jax.devices("cpu")[0], name=f"jax {version} on cpu",
-                              note="auto chose the CPU: JAX sees no GPU")
-        raise BackendError(f"--backend jax --device cuda: JAX sees no GPU ({JAX_HINT})")
-    index = index or 0
-    if index >= len(gpus):
-        raise BackendError(f"cuda:{index} does not exist: JAX sees {len(gpus)} GPU(s)")
+    gpus = [] if kind == "cpu" else _gpus()
+    index = None if kind == "cpu" else pick_gpu("jax", kind, index, len(gpus),
+                                                f"JAX sees no GPU ({JAX_HINT})")
+    if index is None:
+        note = "auto chose the CPU: JAX sees no GPU" if kind == "auto" else ""
+        return JaxBackend(jnp, jax.devices("cpu")[0], name=f"jax {version} on cpu", note=note)
     device = gpus[index]
     return JaxBackend(jnp, device, name=f"jax {version} on cuda:{index} ({device.device_kind})",
                       note="auto chose CUDA" if kind == "auto" else "")
+
+
+def _gpus() -> list[Any]:
+    """JAX's GPUs; none from a CPU-only jaxlib ("Unknown backend: 'gpu' requested")."""
+    try:
+        return jax.devices("gpu")
+    except RuntimeError:
+        return []
 
 
 BACKEND = JaxBackend

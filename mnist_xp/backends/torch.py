@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import BackendError
 from .base import Backend
+from .libraries import pick_gpu
 
 
 class TorchBackend(Backend):
@@ -80,19 +80,13 @@ def select(kind: str, index: int | None) -> Backend:
     import array_api_compat.torch as xp
 
     version = torch.__version__
-    if kind == "cpu":
-        return TorchBackend(xp, torch.device("cpu"), name=f"torch {version} on cpu")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        reason = ("this torch is a CPU-only build" if torch.version.cuda is None
-                  else "torch sees no CUDA GPU")
-        if kind == "auto":
-            return TorchBackend(xp, torch.device("cpu"), name=f"torch {version} on cpu",
-                                note=f"auto chose the CPU: {reason}")
-        raise BackendError(f"--backend torch --device cuda: {reason}")
-    index = index or 0
-    if index >= count:
-        raise BackendError(f"cuda:{index} does not exist: torch sees {count} CUDA device(s)")
+    count = torch.cuda.device_count() if kind != "cpu" and torch.cuda.is_available() else 0
+    reason = ("this torch is a CPU-only build" if torch.version.cuda is None
+              else "torch sees no CUDA GPU")
+    index = None if kind == "cpu" else pick_gpu("torch", kind, index, count, reason)
+    if index is None:
+        note = f"auto chose the CPU: {reason}" if kind == "auto" else ""
+        return TorchBackend(xp, torch.device("cpu"), name=f"torch {version} on cpu", note=note)
     name = f"torch {version} on cuda:{index} ({torch.cuda.get_device_name(index)})"
     return TorchBackend(xp, torch.device("cuda", index), name=name,
                         note="auto chose CUDA" if kind == "auto" else "")

@@ -26,30 +26,37 @@ elsewhere from its recipe (the files, or the rows shipped in it) and the run goe
 from __future__ import annotations
 
 import contextlib
-import functools
-import logging
 import math
 import time
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
-import array_api_compat.numpy as numpy_xp
 import dask
 import numpy as np
 from distributed import Client, Future, LocalCluster
-from distributed.diagnostics.plugin import WorkerPlugin
 
-from .. import augment, nn
-from ..data import CLASSES, PIXELS
-from ..errors import BackendError, LostWork
+from .. import nn
+from ..backends import numpy_backend
+from ..config import Config
+from ..data import Dataset
+from ..errors import LostWork
 from ..optim import State, make_optimizer
-from .base import Backend
+from ..step import optimizer_state
+from .worker import (
+    Recipe,
+    Settings,
+    add_up,
+    build_chunk,
+    chunk_rows_of,
+    worker_gradient,
+    worker_hits,
+)
 
-DASK_HINT = 'pip install "mnist-xp[dask]"'
 CHUNKS_PER_WORKER = 4
 FAN_IN = 4  # partial sums added at a time in the tree on the workers (and at most back here)
-CONNECT_TIMEOUT_S = 20
+REACH_TIMEOUT_S = 20  # the deadline for reaching a worker directly
 RETRIES = 3  # attempts at a step or an evaluation when a worker leaves during it
 RETRY_WAIT_S = 1.0
 
@@ -62,155 +69,13 @@ class ClusterError(LostWork):
     """The cluster lost work it could not redo: the run stops, checkpoints intact (exit 1)."""
 
 
-# --- what runs on the workers ------------------------------------------------------------------
-
-class Recipe(NamedTuple):
-    """How a worker builds one chunk: rows start..stop of copy `copy` of a split, read from the
-    dataset's files in `folder`, or from `images`/`labels` shipped with the recipe."""
-
-    start: int
-    stop: int
-    copy: int
-    seed: int
-    dtype: str
-    gpu: bool
-    dataset: str | None = None
-    folder: str | None = None
-    split: str = "train"
-    images: np.ndarray | None = None  # the split's rows start..stop, when not read from files
-    labels: np.ndarray | None = None
-    base_rows: int = 0  # rows in the whole split (the augmentation's shifts are drawn for all)
-
-
-class Chunk(NamedTuple):
-    """A chunk on its worker: X (r, 784) floats in [0, 1], labels y (r,), one-hot Y (r, 10)."""
-
-    X: Any
-    y: Any
-    Y: Any
-
-
-@functools.lru_cache(maxsize=2)
-def _read_split(dataset: str, folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """A split read on a worker, once per worker process (the files' folder must be reachable
-    from it, e.g. shared)."""
-    from ..datasets import load_dataset
-
-    data = load_dataset(dataset, folder, test_only=split == "test")
-    if split == "test":
-        return data.test_images, data.test_labels
-    return data.train_images, data.train_labels
-
-
-def build_chunk(recipe: Recipe) -> Chunk:
-    """Runs on a worker: the chunk's rows, shifted (copy > 0), scaled, one-hot labels."""
-    if recipe.images is None:
-        images, labels = _read_split(recipe.dataset, recipe.folder, recipe.split)
-        base_rows = len(images)
-        images, labels = images[recipe.start:recipe.stop], labels[recipe.start:recipe.stop]
-    else:
-        images, labels, base_rows = recipe.images, recipe.labels, recipe.base_rows
-    if recipe.copy:
-        moves = augment.shifts(base_rows, recipe.copy, recipe.seed)[recipe.start:recipe.stop]
-        images = augment.shifted(images, moves)
-    X = images.reshape(-1, PIXELS).astype(recipe.dtype) / np.asarray(255, recipe.dtype)
-    y = labels.astype(np.int64)
-    Y = (y[:, None] == np.arange(CLASSES)).astype(recipe.dtype)
-    if recipe.gpu:
-        import cupy
-
-        return Chunk(cupy.asarray(X), cupy.asarray(y), cupy.asarray(Y))
-    return Chunk(X, y, Y)
-
-
-def chunk_rows_of(chunk: Chunk) -> int:
-    return int(chunk.y.shape[0])
-
-
-class Settings(NamedTuple):
-    """What a chunk's gradient depends on besides the parameters and the chunk."""
-
-    activation: str
-    output: str
-    loss: str
-    inner_chunk: int | None  # rows per pass on the worker (cache-sized on a CPU)
-
-
-def _on_worker(chunk: Chunk, params: tuple[np.ndarray, ...]) -> tuple[Any, list[Any]]:
-    xp = numpy_xp
-    if not isinstance(chunk.X, np.ndarray):  # CuPy on a GPU worker
-        import array_api_compat.cupy as xp
-    return xp, [xp.asarray(p) for p in params]
-
-
-def _to_host(array: Any) -> np.ndarray:
-    return array if isinstance(array, np.ndarray) else array.get()
-
-
-def chunk_gradient(params: tuple[np.ndarray, ...], chunk: Chunk, settings: Settings,
-                   batch_rows: int, with_loss: bool, rows: np.ndarray | None
-                   ) -> tuple[float | None, list[np.ndarray]]:
-    """Runs on a worker: this chunk's share of the batch's loss and gradient (the 1/m of a batch
-    of batch_rows rows inside), over its rows or the `rows` of it that the batch takes."""
-    xp, device_params = _on_worker(chunk, params)
-    X, Y = chunk.X, chunk.Y
-    if rows is not None:
-        X, Y = X[rows], Y[rows]
-    loss, grads = nn.loss_and_gradients(device_params, X, Y, settings.activation,
-                                        settings.output, settings.loss, settings.inner_chunk,
-                                        with_loss, rows=batch_rows)
-    return (float(loss) if with_loss else None), [_to_host(g) for g in grads]
-
-
-def add_up(*parts: tuple[float | None, list[np.ndarray]]
-           ) -> tuple[float | None, list[np.ndarray]]:
-    """The sum of partial losses and gradients."""
-    losses = [loss for loss, _ in parts]
-    loss = None if losses[0] is None else float(sum(losses))
-    return loss, [functools.reduce(np.add, grads) for grads in zip(*(g for _, g in parts))]
-
-
-def worker_gradient(params: tuple[np.ndarray, ...], settings: Settings, batch_rows: int,
-                    with_loss: bool, rows: list[np.ndarray | None], *chunks: Chunk
-                    ) -> tuple[float | None, list[np.ndarray]]:
-    """Runs on a worker: the sum of its chunks' shares of the batch's loss and gradient, so
-    that one partial sum per worker comes back (and one task per worker keeps the scheduling
-    to one hop a step)."""
-    return add_up(*(chunk_gradient(params, chunk, settings, batch_rows, with_loss, part)
-                    for chunk, part in zip(chunks, rows)))
-
-
-def worker_hits(params: tuple[np.ndarray, ...], activation: str, *chunks: Chunk) -> float:
-    """Runs on a worker: how many of its chunks' rows the network gets right."""
-    total = 0.0
-    for chunk in chunks:
-        _, device_params = _on_worker(chunk, params)
-        total += float(nn.hit_count(nn.logits(device_params, chunk.X, activation), chunk.y))
-    return total
-
-
-class OwnProcessGroup(WorkerPlugin):
-    """Moves each worker process of a LocalCluster started here into a process group of its
-    own, so that a signal sent to this command's group (Ctrl-C in a terminal, `timeout`)
-    reaches only the command, which stops after its step and writes its checkpoint; the
-    workers are closed after that, by their nannies. Restarted workers get it too."""
-
-    name = "mnist-xp-own-process-group"
-
-    def setup(self, worker: Any) -> None:
-        import os
-
-        os.setpgid(0, 0)
-
-
 # --- here: the split, the step, the accuracy -----------------------------------------------
 
 class ClusterSplit:
     """A split as chunk futures on the workers, with the global row each chunk starts at."""
 
-    def __init__(self, backend: ClusterBackend, chunks: list[Future], sizes: list[int],
-                 read_on_workers: bool) -> None:
-        self.backend, self.chunks, self.read_on_workers = backend, chunks, read_on_workers
+    def __init__(self, chunks: list[Future], sizes: list[int], read_on_workers: bool) -> None:
+        self.chunks, self.read_on_workers = chunks, read_on_workers
         self.starts = np.concatenate([[0], np.cumsum(sizes)])
         self.rows = int(self.starts[-1])
 
@@ -233,8 +98,8 @@ class ClusterBatch(NamedTuple):
 class ClusterStep:
     """One optimizer step on the cluster (see the module's docstring)."""
 
-    def __init__(self, backend: ClusterBackend, config: Any, inner_chunk: int | None) -> None:
-        self.backend, self.config = backend, config
+    def __init__(self, engine: ClusterEngine, config: Config, inner_chunk: int | None) -> None:
+        self.engine, self.config = engine, config
         self.optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay,
                                         config.momentum)
         self.settings = Settings(config.activation, config.output, config.loss, inner_chunk)
@@ -243,30 +108,30 @@ class ClusterStep:
 
     def initial_state(self, params: list[Any], t: int = 0,
                       host_state: dict[str, list[np.ndarray]] | None = None) -> State:
-        state = self.optimizer.init(params)
-        if host_state is not None:
-            state = {"t": np.asarray(t, dtype=self.config.dtype),
-                     **{name: [np.array(a) for a in arrays] for name, arrays in host_state.items()}}
-        return state
+        """The optimizer's state here (step.optimizer_state on NumPy)."""
+        return optimizer_state(self.engine.backend, self.optimizer, params, self.config.dtype,
+                               t, host_state)
 
     def __call__(self, params: list[np.ndarray], state: State, batch: Any,
                  with_loss: bool = False) -> tuple[list[np.ndarray], State, Any]:
         self.traces += 1
         split, local = (batch.split, batch.local) if isinstance(batch, ClusterBatch) else (
             batch, None)
-        loss, grads = self.backend.retrying(self.backend.gradient, params, split, local,
-                                            batch.rows, self.settings, with_loss)
+        loss, grads = self.engine.retrying(self.engine.gradient, params, split, local,
+                                           batch.rows, self.settings, with_loss)
         params, state = self.optimizer.update(params, grads, state)
         return params, state, loss
 
 
 class ClusterAccuracy:
-    def __init__(self, backend: ClusterBackend, activation: str) -> None:
-        self.backend, self.activation = backend, activation
+    """accuracy(params, split): the hits counted on the workers, summed here."""
+
+    def __init__(self, engine: ClusterEngine, activation: str) -> None:
+        self.engine, self.activation = engine, activation
 
     def __call__(self, params: list[np.ndarray], split: ClusterSplit) -> float:
-        return self.backend.retrying(self.backend.hits, params, split, self.activation
-                                     ) / split.rows
+        return self.engine.retrying(self.engine.hits, params, split, self.activation
+                                    ) / split.rows
 
 
 class Traffic(NamedTuple):
@@ -285,18 +150,34 @@ class Traffic(NamedTuple):
     def per_step(self) -> float:
         return (self.out + self.back + self.between) / max(self.steps, 1)
 
+    def describe(self, parameter_bytes: int) -> str:
+        """One line: bytes per step, against the parameters' size, and where they went."""
+        moved = ("no data chunk moved between workers" if not self.chunks_moved else
+                 f"{self.chunks_moved} data chunk transfers between workers (is work stealing "
+                 f"on? distributed.scheduler.work-stealing: false keeps data in place)")
+        return (f"network: {self.per_step / 1e3:.1f} kB per step, "
+                f"{self.per_step / parameter_bytes:.2f}x the {parameter_bytes / 1e3:.1f} kB of "
+                f"parameters (out {self.out / 1e3:.0f} kB, back {self.back / 1e3:.0f} kB, "
+                f"between workers {self.between / 1e3:.0f} kB over {self.steps} steps"
+                f"{'' if self.direct else ', relayed by the scheduler'}); {moved}")
 
-class ClusterBackend(Backend):
-    """Parameters here (NumPy), data on the workers of a dask.distributed cluster."""
 
-    data_is_chunked = True
+class ClusterEngine:
+    """The cluster engine: parameters and the optimizer here (NumPy), data and the gradient's
+    arithmetic on the workers of a dask.distributed cluster. It has the local engine's
+    methods (step.LocalEngine), and counts what crosses the network (traffic)."""
+
+    on_gpu = False  # here: the GPUs, if any, are the workers'
+    default_chunk_rows = None  # a split is cut into CHUNKS_PER_WORKER chunks per worker
+    library = "dask"
 
     def __init__(self, client: Client, cluster: LocalCluster | None = None, gpu: bool = False,
-                 name: str = "", note: str = "") -> None:
-        self.client, self.cluster, self.gpu = client, cluster, gpu
+                 note: str = "") -> None:
+        self.client, self.cluster, self.gpu, self.note = client, cluster, gpu, note
+        self.backend = numpy_backend()  # where the parameters live
         self._out = self._back = self._steps = 0
         self._keys = 0
-        super().__init__(numpy_xp, "cpu", name or self.describe(), note)
+        self.name = self.describe()
         self.direct = self._reaches_workers()  # else the scheduler relays parameters and sums
 
     def _reaches_workers(self) -> bool:
@@ -305,7 +186,7 @@ class ClusterBackend(Backend):
         try:
             for worker in self.workers:
                 self.client.scatter(np.zeros(1), workers=[worker], direct=True, hash=False,
-                                    timeout=CONNECT_TIMEOUT_S)
+                                    timeout=REACH_TIMEOUT_S)
         except (OSError, TimeoutError):
             return False
         return True
@@ -320,10 +201,6 @@ class ClusterBackend(Backend):
                 f"thread{'s' if max(threads, default=1) > 1 else ''}")
 
     @property
-    def library(self) -> str:
-        return "dask"
-
-    @property
     def device_name(self) -> str:
         return "cuda" if self.gpu else "cpu"
 
@@ -336,38 +213,42 @@ class ClusterBackend(Backend):
     def workers(self) -> list[str]:
         return list(self.client.scheduler_info()["workers"])
 
-    @property
-    def default_chunk_rows(self) -> int | None:
-        """None: a split is cut into CHUNKS_PER_WORKER chunks per worker."""
-        return None
-
     def close(self) -> None:
-        """Disconnect, and shut down the LocalCluster this backend started."""
+        """Disconnect, and shut down the LocalCluster this engine started."""
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
 
+    def __enter__(self) -> ClusterEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __str__(self) -> str:
+        return self.name
+
     # the data
 
-    def to_device(self, images: np.ndarray, labels: np.ndarray, dtype: str,
-                  chunk_rows: int | None = None, *, copies: int = 1, seed: int = 0,
-                  origin: Any = None) -> ClusterSplit:
-        """The split in row chunks built on the workers (round robin), copies included: read
-        there from the split's files when every worker can, else shipped once from here."""
+    def place(self, data: Dataset, split: str, dtype: str, chunk_rows: int | None = None, *,
+              copies: int = 1, seed: int = 0) -> ClusterSplit:
+        """data's "train" or "test" split in row chunks built on the workers (round robin),
+        copies included: read there from the split's files when every worker can, else
+        shipped once from here."""
+        images, labels = data.split(split)
         workers = self.workers
         n = len(labels)
         total = n * copies
         per_chunk = chunk_rows or math.ceil(total / (CHUNKS_PER_WORKER * len(workers)))
         per_chunk = max(1, min(per_chunk, n))
-        readable = origin is not None and origin.folder is not None and self._can_read(origin)
+        readable = data.source is not None and self._can_read(data.source)
         chunks, sizes = [], []
         for copy in range(copies):
             for start in range(0, n, per_chunk):
                 stop = min(start + per_chunk, n)
                 recipe = Recipe(start, stop, copy, seed, dtype, self.gpu)
                 if readable:
-                    recipe = recipe._replace(dataset=origin.dataset, folder=origin.folder,
-                                             split=origin.split)
+                    recipe = recipe._replace(dataset=data.name, folder=data.source, split=split)
                 else:
                     recipe = recipe._replace(images=images[start:stop], labels=labels[start:stop],
                                              base_rows=n)
@@ -381,23 +262,21 @@ class ClusterBackend(Backend):
                 sizes.append(stop - start)
         with self.faults():  # built, or the recipe's error here
             self.client.gather(self.client.map(chunk_rows_of, chunks, pure=False))
-        return ClusterSplit(self, chunks, sizes, readable)
+        return ClusterSplit(chunks, sizes, readable)
 
-    def _can_read(self, origin: Any) -> bool:
+    def _can_read(self, folder: str) -> bool:
         """Whether every worker sees the split's files (a folder shared with them)."""
-        from pathlib import Path
-
         def check(folder: str) -> bool:
             return Path(folder).is_dir()
 
         try:
-            return all(self.client.run(check, origin.folder).values())
+            return all(self.client.run(check, folder).values())
         except Exception:  # a worker that cannot even run the check: ship the data
             return False
 
     # the step and the accuracy
 
-    def train_step(self, config: Any, chunk_size: int | None = None, tail: Any = None
+    def train_step(self, config: Config, chunk_size: int | None = None, tail: Any = None
                    ) -> ClusterStep:
         return ClusterStep(self, config, None if self.gpu else 2048)
 
@@ -517,83 +396,3 @@ class ClusterBackend(Backend):
             raise ClusterError(f"the cluster lost work it could not redo "
                                f"({type(exc).__name__}: {exc}); the run stopped: resume from "
                                f"its last checkpoint with --resume") from None
-
-
-def start(workers: int | None, scheduler: str | None, gpu: bool) -> ClusterBackend:
-    """Connect to the scheduler at `scheduler`, or start a LocalCluster of `workers` workers
-    here (one thread each; with gpu, dask-cuda's LocalCUDACluster, one worker per GPU).
-    Work stealing is off on a cluster started here: it would move data chunks between
-    workers to balance tasks, which is what this backend is built to avoid."""
-    if scheduler is not None:
-        return _backend(_connect(scheduler), None, gpu)
-    with dask.config.set({"distributed.scheduler.work-stealing": False}):
-        if gpu:
-            try:
-                from dask_cuda import LocalCUDACluster
-            except ImportError:
-                raise BackendError('--backend dask --device cuda needs dask-cuda: pip install '
-                                   '"mnist-xp[dask-cuda]"') from None
-            cluster = LocalCUDACluster(n_workers=workers, dashboard_address=":0",
-                                       silence_logs=logging.ERROR)
-        else:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=":0", silence_logs=logging.ERROR)
-    client = Client(cluster)
-    try:
-        client.register_plugin(OwnProcessGroup())
-    except BaseException:
-        client.close()
-        cluster.close()
-        raise
-    return _backend(client, cluster, gpu)
-
-
-def _connect(scheduler: str) -> Client:
-    """A client of the scheduler at this address, or one line saying why not. The connection
-    runs in a thread of its own with a deadline: distributed's own timeout does not cover a
-    server that accepts the connection but never answers as a scheduler (a web server, the
-    dashboard's port)."""
-    import threading
-
-    from distributed.comm.addressing import parse_address, parse_host_port
-
-    try:
-        parse_host_port(parse_address(scheduler)[1])
-    except ValueError as exc:
-        raise BackendError(f"--scheduler {scheduler}: not a scheduler's address, which reads "
-                           f"tcp://HOST:PORT ({exc})") from None
-    outcome: dict[str, Any] = {}
-
-    def connect() -> None:
-        try:
-            outcome["client"] = Client(scheduler, timeout=CONNECT_TIMEOUT_S,
-                                       set_as_default=False)
-        except BaseException as exc:  # handed to the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=connect, name="mnist-xp-connect", daemon=True)
-    thread.start()
-    thread.join(CONNECT_TIMEOUT_S + 5)
-    exc = outcome.get("error")
-    if "client" in outcome:
-        return outcome["client"]
-    if exc is None or isinstance(exc, MemoryError):
-        raise BackendError(f"--scheduler {scheduler}: something answered, but not as a Dask "
-                           f"scheduler (a scheduler listens on tcp://HOST:8786 by default; "
-                           f"8787 is its dashboard)") from None
-    if isinstance(exc, (OSError, TimeoutError)):
-        raise BackendError(f"--scheduler {scheduler}: no Dask scheduler answered "
-                           f"({exc})") from None
-    raise exc
-
-
-def _backend(client: Client, cluster: LocalCluster | None, gpu: bool) -> ClusterBackend:
-    """The backend over this client; the client (and a cluster started here) closed again if
-    the backend cannot be made, so that no worker process outlives the error."""
-    try:
-        return ClusterBackend(client, cluster, gpu=gpu)
-    except BaseException:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-        raise

@@ -1,0 +1,85 @@
+"""The one settings gate: a run's settings (preset, flags, the checkpoint it resumes) checked
+once, before any data loads. The command line calls check_run with its flags; train() calls it
+with its keyword arguments, or takes the RunSettings the command line already checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import Checkpoint
+from .config import LENGTH, Config, resolve, resumed
+from .errors import UsageError
+from .presets import get_preset
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A run's settings, checked: the configuration, the dataset it trains on, its length and
+    its rhythm (evaluations, loss read-backs, checkpoints), and what it resumes."""
+
+    config: Config
+    dataset: str
+    total_steps: int
+    eval_every: int
+    log_every: int = 10
+    chunk_size: int | None = None  # None: the engine's choice
+    checkpoint: Path | None = None
+    checkpoint_every: int = 1
+    resume: Checkpoint | None = None
+
+    @property
+    def first_step(self) -> int:
+        return 1 if self.resume is None else self.resume.step + 1
+
+
+def check_run(preset: str | Config | None = None, given: dict[str, Any] | None = None, *,
+              train_rows: Callable[[str], int], resume: Checkpoint | None = None,
+              dataset: str | None = None, eval_every: int | None = None, log_every: int = 10,
+              chunk_size: int | None = None, checkpoint: Path | None = None,
+              checkpoint_every: int | None = None) -> RunSettings:
+    """Check a run's settings and resolve their defaults; UsageError names the first that is
+    wrong. `preset` is a preset's name or a Config (default: best, or the checkpoint's
+    configuration with `resume`); `given` replaces its fields (config.resolve), and with
+    `resume` may change only the length (config.resumed). `train_rows(dataset)` is the
+    number of training rows of a dataset, for the run's length in steps."""
+    for flag, value in (("--eval-every", eval_every), ("--log-every", log_every),
+                        ("--chunk-size", chunk_size), ("--checkpoint-every", checkpoint_every)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value}: must be at least 1")
+    if checkpoint_every is not None and checkpoint is None:
+        raise UsageError("--checkpoint-every needs --checkpoint FILE.npz")
+    given = dict(given or {})
+    if resume is None:
+        config = resolve(_as_config(preset) or get_preset("best"), given)
+        dataset = dataset or "mnist"
+    else:
+        config = resumed(resume.config, _with_length(preset, given), _as_config(preset))
+        if dataset not in (None, resume.dataset) and resume.dataset is not None:
+            raise UsageError(f"--dataset {dataset}: the checkpoint's run trains on "
+                             f"{resume.dataset}")
+        dataset = resume.dataset or dataset or "mnist"
+    total = config.total_steps(train_rows(dataset))  # a batch larger than the set is refused
+    if resume is not None and resume.step >= total:
+        raise UsageError(f"the checkpoint is already at step {resume.step} of {total}: pass "
+                         f"--steps above {resume.step} to train further")
+    eval_every = max(1, total // 10) if eval_every is None else eval_every
+    return RunSettings(config, dataset, total, eval_every, log_every, chunk_size, checkpoint,
+                       checkpoint_every or eval_every, resume)
+
+
+def _as_config(preset: str | Config | None) -> Config | None:
+    return get_preset(preset) if isinstance(preset, str) else preset
+
+
+def _with_length(preset: str | Config | None, given: dict[str, Any]) -> dict[str, Any]:
+    """A Config given with a checkpoint asks for its own length (a preset's name does not:
+    its length is a default, and the checkpoint's run keeps its own unless --steps or
+    --epochs say otherwise)."""
+    if not isinstance(preset, Config) or any(name in given for name in LENGTH):
+        return given
+    by_epochs = preset.batch_size is not None and preset.epochs is not None
+    return {**given, **({"epochs": preset.epochs} if by_epochs else {"steps": preset.steps})}
