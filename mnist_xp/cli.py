@@ -11,7 +11,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import platform
 import shlex
 import signal
@@ -294,12 +293,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 signum = signal.SIGTERM if stop_requested() == "SIGTERM" else signal.SIGINT
                 raise Interrupted(str(exc), 128 + signum) from None
         traffic = engine.traffic()
-    last = history.last
-    rate = history.steps_here / history.seconds_here if history.seconds_here > 0 else math.inf
-    here = "" if history.first_step == 1 else f", {history.steps_here} of them in this run,"
-    print(f"done: {history.steps} steps{here} in {history.seconds_here:.1f} s ({rate:.1f} "
-          f"steps/s); train accuracy {last['train_accuracy']:.2%}, test accuracy "
-          f"{last['test_accuracy']:.2%}, final loss {history.final_loss:.4f}")
+    print(history.summary())
     if traffic is not None:
         print(traffic.describe(sum(np.asarray(p).nbytes for p in model.params)))
     problems = []
@@ -322,14 +316,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_confusion(confusion: np.ndarray) -> str:
-    """The 10x10 matrix with a header row; rows are true digits, columns predictions."""
-    width = max(5, len(str(int(confusion.max()))) + 1)
-    lines = ["true\\pred" + "".join(f"{k:>{width}}" for k in range(confusion.shape[1]))]
-    lines += [f"{k:>9}" + "".join(f"{v:>{width}}" for v in row) for k, row in enumerate(confusion)]
-    return "\n".join(lines)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.csv is not None and (args.dataset or args.data_dir):
         raise UsageError("--csv evaluates the CSV's own images: --dataset and --data-dir are "
@@ -350,18 +336,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         images, labels, source = data.test_images, data.test_labels, f"{data.name} test set"
     result = evaluate(model, images, labels)
     print(f"accuracy on {source} ({len(labels)} images): {result.accuracy:.2%}")
-    print(format_confusion(result.confusion))
+    print(result.table())
     return 0
 
 
-def _pillow(flag: str) -> None:
-    try:
-        import PIL  # noqa: F401
-    except ImportError:
-        raise UsageError(f'{flag} needs Pillow: pip install "mnist-xp[image]"') from None
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .images import need_pillow
     from .predict import as_json, predict_inputs, submission
 
     csvs = [path for path in args.inputs if path.suffix.lower() == ".csv"]
@@ -372,9 +352,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_output(args.submission, "--submission", "submission.csv")
     pictures = [p for p in args.inputs if p.suffix.lower() not in (".csv", ".npy")]
     if pictures:
-        _pillow(f"reading {pictures[0]}")
+        need_pillow(f"reading {pictures[0]}")
     if args.show_preprocessed is not None:
-        _pillow("--show-preprocessed")
+        need_pillow("--show-preprocessed")
         if args.show_preprocessed.exists() and not args.show_preprocessed.is_dir():
             raise UsageError(f"--show-preprocessed {args.show_preprocessed}: not a folder")
     backend = select_backend(args.device, args.backend)

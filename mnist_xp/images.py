@@ -167,3 +167,11 @@ def write_digit_pictures(folder: Path, source: Path, digits: np.ndarray,
         written.add(name)
         picture = Image.fromarray(digit.reshape(28, 28))
         atomic_write(folder / f"{name}.png", lambda handle, p=picture: p.save(handle, "PNG"))
+
+
+def need_pillow(flag: str) -> None:
+    """UsageError naming the extra, before any work, where Pillow is not installed."""
+    try:
+        import PIL  # noqa: F401
+    except ImportError:
+        raise UsageError(f'{flag} needs Pillow: pip install "mnist-xp[image]"') from None

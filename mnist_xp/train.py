@@ -51,10 +51,31 @@ class History:
     def last(self) -> dict[str, float]:
         return self.records[-1] if self.records else {}
 
+    @property
+    def rate(self) -> float:
+        """Steps per second in this process."""
+        return self.steps_here / self.seconds_here if self.seconds_here > 0 else math.inf
+
+    def summary(self) -> str:
+        """The line a finished run ends with."""
+        here = "" if self.first_step == 1 else f", {self.steps_here} of them in this run,"
+        return (f"done: {self.steps} steps{here} in {self.seconds_here:.1f} s ({self.rate:.1f} "
+                f"steps/s); train accuracy {self.last['train_accuracy']:.2%}, test accuracy "
+                f"{self.last['test_accuracy']:.2%}, final loss {self.final_loss:.4f}")
+
 
 class Evaluation(NamedTuple):
     accuracy: float
     confusion: np.ndarray  # confusion[true, predicted] counts, (10, 10)
+
+    def table(self) -> str:
+        """The matrix with a header row; rows are true digits, columns predictions."""
+        confusion = self.confusion
+        width = max(5, len(str(int(confusion.max()))) + 1)
+        lines = ["true\\pred" + "".join(f"{k:>{width}}" for k in range(confusion.shape[1]))]
+        lines += [f"{k:>9}" + "".join(f"{v:>{width}}" for v in row)
+                  for k, row in enumerate(confusion)]
+        return "\n".join(lines)
 
 
 class Batches:
@@ -289,13 +310,12 @@ def run_metrics(preset: str | None, settings: RunSettings, dataset: str, engine:
     """What `train --metrics-out` writes: the settings, where it ran, the history and totals,
     and, on a cluster, what crossed the network."""
     config, last = settings.config, history.last
-    rate = history.steps_here / history.seconds_here if history.seconds_here > 0 else math.inf
     return {
         "preset": preset, "config": config.to_dict(), "dataset": dataset,
         "backend": engine.library, "device": engine.device_name, "device_name": engine.name,
         "dtype": config.dtype, "steps": history.steps, "steps_this_run": history.steps_here,
         "batch_size": config.batch_size or "full", "seconds": history.seconds,
-        "seconds_this_run": history.seconds_here, "steps_per_second": rate,
+        "seconds_this_run": history.seconds_here, "steps_per_second": history.rate,
         "train_accuracy": last["train_accuracy"], "test_accuracy": last["test_accuracy"],
         "final_loss": history.final_loss, "history": history.records,
         **({"bytes_per_step": traffic.per_step, "traffic": traffic._asdict()}
