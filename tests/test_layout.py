@@ -1,0 +1,129 @@
+"""The package's seams: imports only point down (no circle), nothing above the backends asks a
+backend or a split what it is with hasattr, every library fact comes from the one table, and
+a run's settings are checked once."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnist_xp import PRESETS, Config, train
+from mnist_xp.backends import CHOICES, LIBRARIES, check_pair, numpy_backend
+from mnist_xp.cli import build_parser, main
+from mnist_xp.config import flag
+from mnist_xp.errors import BackendError, UsageError
+from mnist_xp.settings import RunSettings, check_run
+
+PACKAGE = Path(__file__).resolve().parents[1] / "mnist_xp"
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """module -> the package's modules it imports (at any depth of its code)."""
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                target = (f"{base}.{node.module}" if node.module else base) if node.level \
+                    else node.module or ""
+                for alias in node.names:
+                    full = f"{target}.{alias.name}"
+                    found = full if full in modules else target
+                    if found in modules and found != name:
+                        graph[name].add(found)
+            elif isinstance(node, ast.Import):
+                graph[name].update(a.name for a in node.names if a.name in modules)
+    return graph
+
+
+def test_no_import_circle():
+    graph = _imports()
+    state: dict[str, int] = {}
+    circle: list[str] = []
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                circle.extend(path[path.index(nxt):] + [node, nxt] if nxt in path else
+                              [node, nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, node])
+        state[node] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [])
+    assert not circle, f"import circle through {circle}"
+    # the layers the design names: the math and the libraries never reach up to an engine
+    for low in ("mnist_xp.nn", "mnist_xp.optim", *(m for m in graph
+                                                     if m.startswith("mnist_xp.backends"))):
+        assert not {m for m in graph[low]} & {"mnist_xp.step", "mnist_xp.engines",
+                                               "mnist_xp.cluster", "mnist_xp.train",
+                                               "mnist_xp.cli"}, low
+    assert not any("cluster" in m for m in graph["mnist_xp.nn"])
+
+
+def test_nothing_above_the_backends_asks_with_hasattr():
+    for path in PACKAGE.rglob("*.py"):
+        if "backends" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "hasattr":
+                asked = ast.unparse(node.args[0])
+                assert asked == "os", f"{path.name}: hasattr({asked}, ...)"
+
+
+def test_every_pair_comes_from_the_library_table(capsys):
+    assert set(build_parser()._subparsers._group_actions[0].choices["train"]._option_string_actions[
+        "--backend"].choices) == {"auto", *CHOICES}
+    for library in CHOICES:
+        for kind in ("cpu", "cuda"):
+            if kind in LIBRARIES[library].devices:
+                assert check_pair(kind, library)[2] == library
+            else:
+                with pytest.raises(BackendError, match=LIBRARIES[library].why_not[kind][:20]):
+                    check_pair(kind, library)
+
+
+def test_the_train_flags_are_the_config_fields(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for field in dataclasses.fields(Config):
+        assert flag(field.name) in text, field.name
+
+
+def test_train_uses_the_settings_it_is_given(tiny_data, monkeypatch):
+    """Checked once: given a RunSettings (as the command line passes it), train() runs it
+    without checking again; the same arguments through train() give the same settings."""
+    settings = check_run("relu10", {"steps": 4}, train_rows=lambda _: 240, eval_every=2)
+    assert settings == RunSettings(PRESETS["relu10"].replace(steps=4), "mnist", 4, 2,
+                                   checkpoint_every=2)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("checked twice")
+
+    monkeypatch.setattr(sys.modules["mnist_xp.train"], "check_run", refuse)
+    model, history = train(tiny_data, numpy_backend(), settings=settings)
+    assert history.steps == 4 and [r["step"] for r in history.records] == [2, 4]
+
+
+def test_the_gate_refuses_before_any_data(tiny_data):
+    with pytest.raises(UsageError, match="--eval-every 0: must be at least 1"):
+        check_run("best", {}, train_rows=lambda _: pytest.fail("data read"), eval_every=0)
+    with pytest.raises(UsageError, match="--checkpoint-every needs --checkpoint"):
+        check_run("best", {}, train_rows=lambda _: pytest.fail("data read"), checkpoint_every=3)
