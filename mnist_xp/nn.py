@@ -230,28 +230,24 @@ def backward(params: list[Array], inputs: list[Array], slopes: list[Array], dZ: 
 
 def loss_and_gradients(params: list[Array], X: Array, Y: Array, activation: str, output: str,
                        loss: str, chunk_size: int | None = None, with_loss: bool = True,
-                       tail: Tail = ARRAY_API_TAIL, rows: int | None = None
-                       ) -> tuple[Array | None, list[Array]]:
+                       tail: Tail = ARRAY_API_TAIL) -> tuple[Array | None, list[Array]]:
     """Mean loss over the rows of X (None unless with_loss) and its gradients, ordered like
     params.
 
     With `chunk_size`, rows are processed in chunks and the gradients summed: the same full-
     batch gradient, computed with chunk-sized temporaries (cache-sized on a CPU, or small
     enough to fit a GPU's memory). `tail` does the element-wise work (default: Array API).
-    `rows` is the size m of the batch these rows are part of (default: these rows), so that the
-    parts of a batch split between machines sum to its loss and gradient.
     """
-    n = X.shape[0]
-    m = n if rows is None else rows
+    n = X.shape[0]  # every chunk's share is divided by the whole batch's rows
     step = n if chunk_size is None else chunk_size
     total_loss, total_grads = None, None
     for start in range(0, n, step):
         part = slice(start, min(start + step, n))  # the standard leaves stops past the end open
         inputs, slopes, Z = forward(params, X[part, ...], activation, tail)
         if loss == "ce" and not with_loss:
-            value, dZ = None, tail.softmax_ce_gradient(Z, Y[part, ...], m)
+            value, dZ = None, tail.softmax_ce_gradient(Z, Y[part, ...], n)
         else:
-            value, dZ = loss_and_logit_gradient(Z, Y[part, ...], output, loss, m, with_loss)
+            value, dZ = loss_and_logit_gradient(Z, Y[part, ...], output, loss, n, with_loss)
         grads = backward(params, inputs, slopes, dZ, activation, tail)
         if total_grads is None:
             total_loss, total_grads = value, grads
