@@ -60,13 +60,16 @@ def _batch_size(text: str) -> int | str:
 PARSERS = {"hidden": _hidden, "batch_size": _batch_size}  # the Config fields typed by name
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Config field, from the field's own help, choices and type."""
-    for field in dataclasses.fields(Config):
+def _add_flags(parser: argparse.ArgumentParser, settings: type, names: tuple[str, ...] = ()
+               ) -> None:
+    """One flag per field (of those named, else all) of a settings dataclass, from the field's
+    own help, choices and type."""
+    for field in dataclasses.fields(settings):
+        if names and field.name not in names:
+            continue
         options = dict(field.metadata["flag"])
         options["type"] = PARSERS.get(options.get("type"), options.get("type"))
-        parser.add_argument(flag(field.name), **{k: v for k, v in options.items()
-                                                  if v is not None})
+        parser.add_argument(flag(field.name), **options)
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -109,27 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="starting configuration (default: best, about 4 minutes on a 2-core "
                           "CPU); every flag below without a default of its own overrides one "
                           "of its settings")
-    _add_config_flags(run)
+    _add_flags(run, Config)
     _add_device(run)
     _add_cluster(run)
     _add_data(run, "mnist, or the checkpoint's with --resume")
-    run.add_argument("--eval-every", type=int, metavar="K",
-                     help="evaluate train and test accuracy every K steps (default: steps/10)")
-    run.add_argument("--log-every", type=int, default=10, metavar="K",
-                     help="read the loss back every K steps (default: 10)")
-    run.add_argument("--chunk-size", type=int, metavar="ROWS",
-                     help="compute each step's gradient over chunks of ROWS rows "
-                          "(default: 2048 on a CPU, one pass on a GPU)")
+    _add_flags(run, RunSettings, ("eval_every", "log_every", "chunk_size"))
     run.add_argument("--metrics-out", type=Path, metavar="FILE", help="write metrics as JSON")
     run.add_argument("--save", type=Path, metavar="FILE.npz", help="save weights and config")
-    run.add_argument("--checkpoint", type=Path, metavar="FILE.npz",
-                     help="save weights, optimizer and RNG state and history here during training "
-                          "(atomically) and on Ctrl-C")
-    run.add_argument("--checkpoint-every", type=int, metavar="K",
-                     help="checkpoint every K steps (default: at every evaluation)")
-    run.add_argument("--resume", type=Path, metavar="FILE.npz",
-                     help="continue the run saved in this checkpoint: flags may repeat its "
-                          "settings, and --steps or --epochs extend it")
+    _add_flags(run, RunSettings, ("checkpoint", "checkpoint_every", "resume"))
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_train)
 

@@ -16,8 +16,8 @@ DTYPES = ("float32", "float64")
 FROM_PRESET = "default: the preset's"
 
 
-def _setting(default: Any, **flag: Any) -> Any:
-    """A Config field with its command-line flag's argparse settings (help, choices, type:
+def setting(default: Any, **flag: Any) -> Any:
+    """A dataclass field with its command-line flag's argparse settings (help, choices, type:
     a type or the name of a parser in mnist_xp.cli), from which `mnist-xp train` makes its
     flags: one place for each setting."""
     return dataclasses.field(default=default, metadata={"flag": flag})
@@ -32,32 +32,32 @@ class Config:
     steps = epochs · ⌈N / batch_size⌉ over shuffled mini-batches.
     """
 
-    hidden: tuple[int, ...] = _setting(
+    hidden: tuple[int, ...] = setting(
         (128,), type="hidden", metavar="SIZES",
         help=f"hidden layer sizes, e.g. 256,128, or none ({FROM_PRESET})")
-    activation: str = _setting("relu", choices=HIDDEN_ACTIVATIONS, help=FROM_PRESET)
-    output: str = _setting("softmax", choices=OUTPUTS, help=FROM_PRESET)
-    loss: str = _setting("ce", choices=LOSSES, help=f"ce (cross-entropy) or mse ({FROM_PRESET})")
-    optimizer: str = _setting("adam", choices=tuple(OPTIMIZERS), help=FROM_PRESET)
-    lr: float = _setting(1e-3, type=float, help=f"learning rate ({FROM_PRESET})")
-    momentum: float = _setting(
+    activation: str = setting("relu", choices=HIDDEN_ACTIVATIONS, help=FROM_PRESET)
+    output: str = setting("softmax", choices=OUTPUTS, help=FROM_PRESET)
+    loss: str = setting("ce", choices=LOSSES, help=f"ce (cross-entropy) or mse ({FROM_PRESET})")
+    optimizer: str = setting("adam", choices=tuple(OPTIMIZERS), help=FROM_PRESET)
+    lr: float = setting(1e-3, type=float, help=f"learning rate ({FROM_PRESET})")
+    momentum: float = setting(
         0.9, type=float, help="momentum coefficient, with --optimizer momentum (default: 0.9)")
-    weight_decay: float = _setting(
+    weight_decay: float = setting(
         0.0, type=float, help=f"L2 penalty on the weight matrices ({FROM_PRESET})")
-    steps: int = _setting(
+    steps: int = setting(
         500, type=int, help=f"optimizer steps; on a preset counted in epochs, the run's length "
                             f"in steps instead ({FROM_PRESET})")
-    batch_size: int | None = _setting(
+    batch_size: int | None = setting(
         None, type="batch_size", metavar="full|N",
         help=f"'full' (every training image each step) or N for shuffled mini-batches "
              f"({FROM_PRESET})")
-    epochs: int | None = _setting(
+    epochs: int | None = setting(
         None, type=int, help=f"passes over the shuffled mini-batches, with --batch-size N "
                              f"({FROM_PRESET})")
-    seed: int = _setting(0, type=int, help=FROM_PRESET)
-    dtype: str = _setting("float32", choices=DTYPES, help=FROM_PRESET)
+    seed: int = setting(0, type=int, help=FROM_PRESET)
+    dtype: str = setting("float32", choices=DTYPES, help=FROM_PRESET)
     # copies of the training set (mnist_xp.augment): 1 is the set as it is
-    augment: int = _setting(
+    augment: int = setting(
         1, type=int, metavar="K",
         help="train on K copies of the training set, each but the first shifted by up to 2 "
              "pixels (on a cluster, built on the workers; default: 1)")

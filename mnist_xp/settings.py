@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import Checkpoint
-from .config import LENGTH, Config, resolve, resumed
+from .config import LENGTH, Config, resolve, resumed, setting
 from .errors import UsageError
 from .presets import get_preset
 
@@ -24,12 +24,24 @@ class RunSettings:
     config: Config
     dataset: str
     total_steps: int
-    eval_every: int
-    log_every: int = 10
-    chunk_size: int | None = None  # None: the engine's choice
-    checkpoint: Path | None = None
-    checkpoint_every: int = 1
-    resume: Checkpoint | None = None
+    eval_every: int = setting(
+        1, type=int, metavar="K",
+        help="evaluate train and test accuracy every K steps (default: steps/10)")
+    log_every: int = setting(10, type=int, metavar="K",
+                             help="read the loss back every K steps (default: 10)")
+    chunk_size: int | None = setting(  # None: the engine's choice
+        None, type=int, metavar="ROWS", help="compute each step's gradient over chunks of ROWS "
+                                             "rows (default: 2048 on a CPU, one pass on a GPU)")
+    checkpoint: Path | None = setting(
+        None, type=Path, metavar="FILE.npz",
+        help="save weights, optimizer and RNG state and history here during training "
+             "(atomically) and on Ctrl-C")
+    checkpoint_every: int = setting(
+        1, type=int, metavar="K", help="checkpoint every K steps (default: at every evaluation)")
+    resume: Checkpoint | None = setting(
+        None, type=Path, metavar="FILE.npz",
+        help="continue the run saved in this checkpoint: flags may repeat its settings, and "
+             "--steps or --epochs extend it")
 
     @property
     def first_step(self) -> int:
@@ -38,7 +50,8 @@ class RunSettings:
 
 def check_run(preset: str | Config | None = None, given: dict[str, Any] | None = None, *,
               train_rows: Callable[[str], int], resume: Checkpoint | None = None,
-              dataset: str | None = None, eval_every: int | None = None, log_every: int = 10,
+              dataset: str | None = None, eval_every: int | None = None,
+              log_every: int | None = None,
               chunk_size: int | None = None, checkpoint: Path | None = None,
               checkpoint_every: int | None = None) -> RunSettings:
     """Check a run's settings and resolve their defaults; UsageError names the first that is
@@ -67,6 +80,7 @@ def check_run(preset: str | Config | None = None, given: dict[str, Any] | None =
         raise UsageError(f"the checkpoint is already at step {resume.step} of {total}: pass "
                          f"--steps above {resume.step} to train further")
     eval_every = max(1, total // 10) if eval_every is None else eval_every
+    log_every = 10 if log_every is None else log_every
     return RunSettings(config, dataset, total, eval_every, log_every, chunk_size, checkpoint,
                        checkpoint_every or eval_every, resume)
 
