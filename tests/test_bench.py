@@ -13,13 +13,41 @@ from mnist_xp.cli import main
 from mnist_xp.errors import DeviceMemoryError
 
 
-def test_flops_per_step_follows_the_issue_formula():
-    for hidden in (10, 128, 800):
-        assert bench.flops_per_step((784, hidden, 10), 60_000) == 60_000 * hidden * (
-            4 * 784 + 6 * 10)
-    # deeper: the first layer has no dA product, the others do
-    assert bench.flops_per_step((784, 64, 32, 10), 5) == 2 * 5 * (
-        784 * 64 * 2 + 64 * 32 * 3 + 32 * 10 * 3)
+@pytest.mark.parametrize(("hidden", "rows", "chunk_size"),
+                         [((16,), 300, None), ((128,), 200, 64), ((64, 32), 150, None)])
+def test_flops_per_step_counts_the_products_a_real_step_runs(hidden, rows, chunk_size,
+                                                             monkeypatch):
+    """Run the real TrainStep on array_api_strict (NumPy underneath) with its `@` recording
+    2·m·k·n for every 2-D product, and compare with flops_per_step. The products with a ones
+    vector that row_sums and column_sums use for sums (m or n is 1) are counted apart: they
+    are not in flops_per_step, and are checked to be under 1% of it."""
+    xps = pytest.importorskip("array_api_strict")
+    from mnist_xp import MLP
+    from mnist_xp.backends import Backend
+
+    backend = Backend(xps)
+    array_type = type(xps.asarray(0.0))
+    real = array_type.__matmul__
+    counted = {"network": 0, "sums": 0}
+
+    def recording(a, b):
+        if a.ndim == 2 and b.ndim == 2:
+            (m, k), n = a.shape, b.shape[1]
+            counted["sums" if m == 1 or n == 1 else "network"] += 2 * m * k * n
+        return real(a, b)
+
+    config = Config(hidden=hidden, activation="relu", loss="ce", optimizer="adam")
+    images, labels = bench._synthetic(rows, 0)
+    split = backend.to_device(images, labels, "float32", chunk_size)
+    model = MLP.initialise(config, backend, 0)
+    step = backend.train_step(config, chunk_size)
+    state = step.initial_state(model.params)
+    with monkeypatch.context() as patch:
+        patch.setattr(array_type, "__matmul__", recording)
+        step(model.params, state, split)
+    expected = bench.flops_per_step(config.sizes, rows)
+    assert counted["network"] == expected
+    assert 0 < counted["sums"] < expected / 100
 
 
 def test_gpu_peaks_are_named_and_unknown_gpus_say_so():
@@ -60,9 +88,45 @@ def test_a_measured_case_reports_everything(tmp_path, monkeypatch):
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_torch_step_runs_the_same_shapes():
-    pytest.importorskip("torch")
-    assert bench.torch_step_ms("cpu", (16,), rows=300, repeats=2, warmup=1) > 0
+@pytest.mark.parametrize("hidden", [(16,), (16, 8)])
+def test_torch_step_runs_the_same_step(hidden, monkeypatch):
+    """torch_step_ms returns only a time, so the parameters it trains are caught as
+    torch.as_tensor makes them (the images, the labels, then each parameter, which the step
+    updates in place). After its warmup + 1 + repeats steps they must equal, to float64
+    rounding, those of as many steps of the package's own TrainStep on NumPy from the same
+    seed and data: the same init, forward, softmax cross-entropy gradient, backprop and Adam."""
+    torch = pytest.importorskip("torch")
+    import math
+
+    import numpy as np
+
+    from mnist_xp import MLP
+
+    made = []
+    as_tensor = torch.as_tensor
+
+    def recording(*args, **kwargs):
+        made.append(as_tensor(*args, **kwargs))
+        return made[-1]
+
+    rows, warmup, repeats, seed = 300, 1, 2, 3
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "as_tensor", recording)
+        ms = bench.torch_step_ms("cpu", hidden, "float64", rows=rows, repeats=repeats,
+                                 warmup=warmup, seed=seed)
+    assert math.isfinite(ms) and ms > 0
+    got = [t.numpy() for t in made[2:]]
+
+    backend, config = numpy_backend(), Config(hidden=hidden, dtype="float64")
+    split = backend.to_device(*bench._synthetic(rows, seed), "float64")
+    params = MLP.initialise(config, backend, seed).params
+    step = backend.train_step(config)
+    state = step.initial_state(params)
+    for _ in range(warmup + 1 + repeats):
+        params, state, _ = step(params, state, split)
+    assert [g.shape for g in got] == [p.shape for p in params]
+    for torch_param, ours in zip(got, params):
+        np.testing.assert_allclose(torch_param, ours, rtol=1e-10, atol=1e-12)
 
 
 def test_training_stops_at_an_accuracy_and_times_without_evaluations(tiny_data):
@@ -82,17 +146,67 @@ def test_out_of_memory_names_the_need_and_the_flag(tiny_data, monkeypatch):
         train(tiny_data, numpy_backend(), "relu10", steps=3)
 
 
-def test_memory_estimate_grows_with_the_chunk():
-    config = Config(hidden=(800,), dtype="float64")
-    small = train_module_estimate(config, 1024)
-    assert train_module_estimate(config, 60_000) - small == pytest.approx(
-        (60_000 - 1024) * (2 * 800 + 3 * 10 + 2 * 800) * 8)
+def _measured_peak(config, train_rows, test_rows, chunk_rows):
+    """The traced peak of what a run holds on NumPy (host memory is its device memory): both
+    splits moved to the device, the model, and two training steps with the loss and an
+    accuracy count over the test split."""
+    from mnist_xp import MLP
+
+    from conftest import traced_peak
+
+    backend = numpy_backend()
+    train_images = bench._synthetic(train_rows, 0)
+    test_images = bench._synthetic(test_rows, 1)
+    with traced_peak() as peak:
+        train_split = backend.to_device(*train_images, config.dtype, chunk_rows)
+        test_split = backend.to_device(*test_images, config.dtype, chunk_rows)
+        params = MLP.initialise(config, backend, 0).params
+        step = backend.train_step(config, chunk_rows)
+        state = step.initial_state(params)
+        for _ in range(2):
+            params, state, _ = step(params, state, train_split, with_loss=True)
+        backend.accuracy(config.activation, chunk_rows)(params, test_split)
+    return peak[0]
 
 
-def train_module_estimate(config, rows):
+@pytest.mark.parametrize(("hidden", "dtype", "optimizer", "train_rows", "test_rows", "chunk"), [
+    pytest.param((16,), "float32", "adam", 4000, 4000, 2048, id="data-dominated"),
+    pytest.param((800,), "float64", "adam", 6000, 1000, 2048, id="float64-800"),
+    pytest.param((256, 128), "float32", "momentum", 6000, 1000, 6000, id="deep-one-chunk"),
+    pytest.param((2048,), "float32", "adam", 4096, 100, 4096, id="chunk-dominated"),
+    pytest.param((4096,), "float32", "adam", 100, 100, 100, id="parameter-dominated",
+                 marks=pytest.mark.xfail(strict=True, reason=(
+                     "measured 0.62x: a step's Adam update makes new parameters and moments "
+                     "beside the old ones, about 9 copies of the parameters at once, and "
+                     "estimated_bytes counts 5"), raises=AssertionError)),
+])
+def test_memory_estimate_is_near_the_measured_peak(hidden, dtype, optimizer, train_rows,
+                                                   test_rows, chunk):
+    """estimated_bytes (what the out-of-memory message says a run needs) lies within 0.8x to
+    2x of the peak traced for the data, the model and real steps on NumPy. Measured ratios:
+    1.00, 1.00, 1.10 and 1.29 for the cases above, 0.62 where parameters dominate."""
     from mnist_xp.train import estimated_bytes
 
-    return estimated_bytes(config, 60_000, 10_000, rows)
+    config = Config(hidden=hidden, dtype=dtype, optimizer=optimizer)
+    measured = _measured_peak(config, train_rows, test_rows, chunk)
+    ratio = estimated_bytes(config, train_rows, test_rows, chunk) / measured
+    assert 0.8 <= ratio <= 2, f"estimate / measured = {ratio:.2f}"
+
+
+def test_memory_estimate_grows_with_the_chunk_as_the_peak_does():
+    """What one more row per chunk costs: the estimate's slope is within 0.8x to 2x of the
+    measured one (measured 1.72x: the estimate counts 4H + 30 values a row, a step holds
+    about 2.3H at its peak)."""
+    from mnist_xp.train import estimated_bytes
+
+    config = Config(hidden=(2048,))
+    small, large = 1024, 4096
+    measured = (_measured_peak(config, large, 100, large)
+                - _measured_peak(config, large, 100, small))
+    estimated = (estimated_bytes(config, large, 100, large)
+                 - estimated_bytes(config, large, 100, small))
+    assert measured > 0
+    assert 0.8 <= estimated / measured <= 2, f"estimate / measured = {estimated / measured:.2f}"
 
 
 def test_bench_command_writes_json_and_markdown(tmp_path, capsys):

@@ -147,10 +147,112 @@ def test_missing_data_dir(tmp_path, capsys):
     assert "no such directory" in capsys.readouterr().err
 
 
+def _installed_version(distribution: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def test_info(capsys):
+    """Every line states a fact checked here another way: the versions importlib.metadata
+    reports, and for CuPy the devices it sees or why there are none."""
+    import platform
+
+    import mnist_xp
+    from mnist_xp.backends import select_backend
+    from mnist_xp.errors import MnistXpError
+
+    from conftest import cupy_available
+
     assert main(["info"]) == 0
-    out = capsys.readouterr().out
-    assert "numpy:" in out and "array-api-compat:" in out and "cupy:" in out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (f"mnist-xp {mnist_xp.__version__}, Python {platform.python_version()} "
+                        f"on {platform.machine()}")
+    cupy_line = next(i for i, line in enumerate(lines) if line.startswith("cupy: "))
+    versions = dict(line.split(": ", 1) for line in lines[1:cupy_line])
+    assert {"numpy", "array-api-compat", "tqdm", "array-api-strict", "torch", "jax", "jaxlib",
+            "dask"} <= set(versions)
+    for name, printed in versions.items():
+        assert printed == (_installed_version(name) or "not installed"), name
+    assert versions["numpy"] == np.__version__  # the NumPy this process runs, too
+    cupy_dists = [(d, _installed_version(d)) for d in ("cupy-cuda13x", "cupy-cuda12x", "cupy")
+                  if _installed_version(d)]
+    assert lines[cupy_line] == "cupy: " + (", ".join(f"{d} {v}" for d, v in cupy_dists)
+                                           or "not installed")
+    devices = lines[cupy_line + 1:]
+    if not cupy_dists:
+        assert devices == []
+    elif cupy_available():
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+        assert len(devices) == count
+        for index, line in enumerate(devices):
+            gpu = cupy.cuda.runtime.getDeviceProperties(index)["name"].decode()
+            assert line.startswith(f"  cuda:{index}: cupy {cupy.__version__} on cuda:{index} "
+                                   f"({gpu}")
+    else:  # installed, no usable GPU: one line, with the reason selecting the device gives
+        with pytest.raises(MnistXpError) as why:
+            select_backend("cuda:0", "cupy")
+        assert str(why.value).strip()
+        assert devices == [f"  no CUDA device: {why.value}"]
+
+
+def _matmul_off_by(monkeypatch, relative: float | None) -> None:
+    """Make array_api_strict's `@` wrong on every product bigger than a vector (so that the
+    backend's 1x1 start-up proof still passes): each result column off by ±relative in turn,
+    or, with None, the product missing the last term of its sum."""
+    import array_api_strict as xp
+
+    array_type = type(xp.asarray(0.0))
+    real = array_type.__matmul__
+
+    def wrong(a, b):
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] == 1 or b.shape[1] == 1:
+            return real(a, b)
+        if relative is None:
+            return real(a[:, :-1], b[:-1, :])
+        out = real(a, b)
+        signs = np.where(np.arange(out.shape[1]) % 2 == 0, 1.0, -1.0)
+        return out * (1.0 + relative * xp.asarray(signs.astype(np.float32), dtype=out.dtype))
+
+    monkeypatch.setattr(array_type, "__matmul__", wrong)
+
+
+@pytest.mark.parametrize(("relative", "agrees"), [(0.0, True), (1e-6, True), (1e-3, False),
+                                                (None, False)],
+                         ids=["exact", "off-1e-6", "off-1e-3", "drops-a-term"])
+def test_info_check_measures_how_far_a_namespace_is_from_numpy(relative, agrees, monkeypatch,
+                                                               capsys):
+    """The number `info --namespace` prints is the real distance from NumPy's weights: none for
+    an exact namespace, about the size of an injected matmul error of 1e-6 (agrees, exit 0);
+    an error of 1e-3 (which moves the weights by about 3%), or a product that drops a term,
+    `differs`, above the float32 tolerance, and exit 1."""
+    pytest.importorskip("array_api_strict")
+    import re
+
+    from mnist_xp.selfcheck import RELATIVE_TOLERANCE
+
+    if relative != 0.0:
+        _matmul_off_by(monkeypatch, relative)
+    status = main(["info", "--namespace", "array_api_strict"])
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("  array_api_strict ")
+    number = re.search(r"(?:largest difference|differs by) (\S+) ", line)
+    assert number, line
+    difference = float(number.group(1))
+    tolerance = RELATIVE_TOLERANCE["float32"]
+    if agrees:
+        assert status == 0 and "agrees" in line and difference <= tolerance
+    else:
+        assert status == 1 and "differs" in line and difference > tolerance
+    if relative == 0.0:
+        assert difference == 0.0
+    elif relative is not None:
+        assert relative / 10 <= difference <= 100 * relative
 
 
 def test_module_entry_point_and_version():
@@ -221,13 +323,36 @@ def test_jax_float64_needs_x64_and_says_so_before_loading_data(tiny_dir, capsys,
 
 
 def test_info_check_compares_every_installed_backend_with_numpy(capsys):
+    """A line for every library and device, in order: `agrees`, with a difference under the
+    float32 tolerance of 1e-4, wherever the library imports (and, on CUDA, sees a GPU);
+    `not installed` only where it does not import; `unavailable` and the reason where it
+    imports but has no GPU."""
+    import importlib.util
+    import re
+
+    from conftest import cupy_available, jax_gpu_available, torch_cuda_available
+
     assert main(["info", "--check"]) == 0
-    out = capsys.readouterr().out
-    assert "numpy on cpu: the reference" in out
-    for library in ("torch", "jax", "dask"):
-        line = next(line for line in out.splitlines() if line.startswith(f"  {library} on cpu"))
-        assert "agrees (largest difference" in line or "not installed" in line
-    assert "cupy on cuda:" in out
+    lines = capsys.readouterr().out.split("\ncheck: ", 1)[1].splitlines()[1:]
+    pairs = [("numpy", "cpu"), ("torch", "cpu"), ("jax", "cpu"), ("dask", "cpu"),
+             ("cupy", "cuda"), ("torch", "cuda"), ("jax", "cuda")]
+    assert len(lines) == len(pairs), lines
+    sees_a_gpu = {"cupy": cupy_available, "torch": torch_cuda_available,
+                  "jax": jax_gpu_available}
+    for (library, device), line in zip(pairs, lines):
+        label, _, verdict = line.strip().partition(": ")
+        assert label.startswith(f"{library} on {device}"), line
+        if library == "numpy":
+            assert verdict == "the reference"
+        elif importlib.util.find_spec(library) is None:
+            assert verdict.startswith("not installed"), line
+        elif device == "cuda" and not sees_a_gpu[library]():
+            assert label == f"{library} on cuda" and re.fullmatch(r"unavailable: .{10,}",
+                                                                 verdict), line
+        else:
+            agrees = re.fullmatch(r"agrees \(largest difference (\S+) of the largest weight\)",
+                                  verdict)
+            assert agrees and float(agrees.group(1)) <= 1e-4, line
 
 
 def test_info_check_of_a_namespace_that_differs_exits_1(monkeypatch, capsys):

@@ -55,16 +55,35 @@ def test_dask_computes_once_per_step_and_its_graph_stays_flat(tiny_data):
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch-cpu", "jax-cpu", "dask-cpu"])
-def test_bench_times_the_training_step(kind):
+def test_bench_times_the_training_step(kind, monkeypatch):
     """bench builds the same TrainStep as train: its case names the library and whether the
-    step was compiled, and the step moves the weights."""
+    step was compiled; it runs that step once under the memory count, then warmup + repeats
+    times over all the rows without the loss, each from the weights the last one made, and
+    every step moves every parameter."""
     from mnist_xp.bench import measure_case
 
     backend = make_backend(kind)
-    case = measure_case(backend, (8,), rows=256, repeats=2, warmup=1)
+    calls = []
+    run_step = TrainStep.__call__
+
+    def recording(self, params, state, batch, with_loss=False):
+        given = [backend.to_numpy(p) for p in params]  # host copies, before and after
+        new_params, new_state, loss = run_step(self, params, state, batch, with_loss)
+        calls.append((given, [backend.to_numpy(p) for p in new_params], batch.rows, with_loss))
+        return new_params, new_state, loss
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TrainStep, "__call__", recording)
+        case = measure_case(backend, (8,), rows=256, repeats=2, warmup=1)
     assert case["library"] == backend.library and case["step_ms"] > 0
     assert case["compiled"] == (backend.library == "jax")
     assert np.isfinite(case["step_over_products"])
+    assert [(rows, with_loss) for _, _, rows, with_loss in calls] == [(256, False)] * (1 + 1 + 2)
+    for (_, previous, _, _), (given, _, _, _) in zip(calls, calls[1:]):
+        for a, b in zip(previous, given):  # each step starts where the last one ended
+            np.testing.assert_array_equal(a, b)
+    for given, made, _, _ in calls:
+        assert not any(np.array_equal(a, b) for a, b in zip(given, made))
 
 
 def test_ndonnx_trains_like_numpy(tiny_data):

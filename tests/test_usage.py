@@ -329,8 +329,20 @@ def test_a_failed_download_is_one_line(tmp_path, monkeypatch):
 
 
 def test_train_prints_its_pace_and_help_names_the_preset_defaults(tiny_dir, capsys):
+    """One pace line, timed on the second of the 6 steps: 4 steps left, and the time it
+    gives for them is 4 times the time per step (as rounded for printing)."""
+    import re
+
     assert main(["train", *FAST, "--data-dir", str(tiny_dir)]) == 0
-    assert "pace: " in capsys.readouterr().out
+    paces = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pace")]
+    assert len(paces) == 1, paces
+    pace = re.fullmatch(r"pace: (\S+) (ms|s) per step here; the (\d+) steps left take about "
+                        r"(\d+) (s|min), evaluations not counted", paces[0])
+    assert pace, paces[0]
+    each = float(pace[1]) / (1e3 if pace[2] == "ms" else 1)
+    left, rounding = (float(pace[4]) * 60, 30) if pace[5] == "min" else (float(pace[4]), 0.5)
+    assert int(pace[3]) == 4 and each > 0
+    assert abs(left - 4 * each) <= rounding + 4 * each * 0.005
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
