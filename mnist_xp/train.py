@@ -113,16 +113,17 @@ class Batches:
 
 
 def estimated_bytes(config: Config, train_rows: int, test_rows: int, chunk_rows: int) -> int:
-    """Device memory a run needs, roughly: both splits as floats with one-hot labels, the
-    parameters with their gradients, a chunk's gradients and the optimizer's state, and one
-    chunk's activations, slopes and backward temporaries."""
+    """Device memory a run needs, roughly: both splits as floats with one-hot labels; the
+    parameters, their gradients, a chunk's gradients and the updated parameters, with the
+    optimizer's state twice (the update makes the new state beside the old); and one chunk's
+    activations, slopes and backward temporaries."""
     itemsize = 8 if config.dtype == "float64" else 4
     sizes = config.sizes
     data = (train_rows + test_rows) * ((sizes[0] + sizes[-1]) * itemsize + 8)
     params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
     state = {"adam": 2, "momentum": 1}.get(config.optimizer, 0)
     per_row = 2 * sum(sizes[1:-1]) + 3 * sizes[-1] + 2 * max(sizes[1:])
-    return data + (3 + state) * params * itemsize + chunk_rows * per_row * itemsize
+    return data + (4 + 2 * state) * params * itemsize + chunk_rows * per_row * itemsize
 
 
 def _out_of_memory(config: Config, data: Dataset, chunk_rows: int) -> DeviceMemoryError:
