@@ -124,6 +124,20 @@ def check_split(images: np.ndarray, labels: np.ndarray, source: str) -> None:
         raise DataError(f"{source}: {len(images)} images but {len(labels)} labels")
 
 
+def _refuse_skipped_lines(body: str, path: Path) -> None:
+    """A blank line or a '#' line in a CSV's body would be skipped by a lenient reader, which
+    shifts every later row's ImageId in a Kaggle submission: refused, naming its line."""
+    lines = body.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the newline that ends the last row
+    for number, line in enumerate(lines, start=2):  # line 1 is the header
+        text = line.strip()
+        if not text or text.startswith("#"):
+            kind = "a blank line" if not text else "a comment line"
+            raise DataError(f"{path}: line {number} is {kind}; every line after the header "
+                            f"must be a row of pixels (ImageIds count rows)")
+
+
 def read_kaggle_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Kaggle digit-recognizer CSV -> (images (N, 784) uint8, labels (N,) uint8 or None).
 
@@ -145,10 +159,13 @@ def read_kaggle_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
                 raise DataError(f"{path}: the header must be label,pixel0,...,pixel783 "
                                 f"or pixel0,...,pixel783 (found {len(header)} columns "
                                 f"starting {','.join(header[:2])!r})")
+            body = handle.read()
+            _refuse_skipped_lines(body, path)
             try:
                 with warnings.catch_warnings():  # an empty body is reported below, once
                     warnings.simplefilter("ignore", UserWarning)
-                    table = np.loadtxt(handle, delimiter=",", dtype=np.int64, ndmin=2)
+                    table = np.loadtxt(io.StringIO(body), delimiter=",", dtype=np.int64,
+                                       ndmin=2, comments=None)
             except ValueError as exc:
                 reason = str(exc).split("; use `usecols`")[0]
                 raise DataError(f"{path}: {reason} (rows counted after the header)") from None

@@ -138,6 +138,21 @@ def test_kaggle_csv_bad(tmp_path, edit, message):
         read_kaggle_csv(path)
 
 
+@pytest.mark.parametrize("line,text,kind", [
+    (3, "", "a blank line"), (2, "# made by hand", "a comment line"), (4, "   ", "a blank line"),
+    (3, "#3,0,0", "a comment line")])
+def test_kaggle_csv_lines_a_reader_would_skip_are_refused(tmp_path, line, text, kind):
+    """A skipped line would shift every later ImageId of a submission: refused, by number
+    (the header is line 1). A final newline is no blank line."""
+    path = kaggle_csv(tmp_path / "test.csv", IMAGES, None)
+    lines = path.read_text().split("\n")
+    lines.insert(line - 1, text)
+    path.write_text("\n".join(lines))
+    with pytest.raises(DataError, match=f"line {line} is {kind}"):
+        read_kaggle_csv(path)
+    assert read_kaggle_csv(kaggle_csv(tmp_path / "ok.csv", IMAGES, None))[0].shape == (3, 784)
+
+
 # --- downloads, from file:// mirrors -------------------------------------------------------
 
 @pytest.fixture
