@@ -2,7 +2,8 @@
 arguments, checks a run's settings through the one gate (settings.check_run), calls the work
 and prints; the only module that prints or exits.
 
-Exit status: 0 ok, 1 runtime failure, 2 usage or environment, 130 interrupted.
+Exit status: 0 ok, 1 runtime failure, 2 usage or environment, 130 interrupted (143 by SIGTERM),
+141 the reader of the output went away.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import platform
 import shlex
 import signal
@@ -451,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     except MnistXpError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader went away (| head): end quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 128 + signal.SIGPIPE
     except OSError as exc:  # disk full, permissions, ...: the OS's own words, in one line
         print(f"error: {exc}", file=sys.stderr)
         return 1

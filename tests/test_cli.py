@@ -370,3 +370,16 @@ def test_info_check_of_a_namespace_that_differs_exits_1(monkeypatch, capsys):
     monkeypatch.setattr(selfcheck, "train", off_by_a_little)
     assert main(["info", "--namespace", "array_api_strict"]) == 1
     assert "differs by 1.0e-02" in capsys.readouterr().out
+
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`mnist-xp info | head -1`: a reader that leaves early. Here it leaves before the first
+    line (the read end is closed at once), so the write fails every time: no error line, no
+    traceback, and the status of a program that SIGPIPE ended (141), as other tools."""
+    process = subprocess.Popen([sys.executable, "-m", "mnist_xp", "info"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141, err
+    assert err == ""
