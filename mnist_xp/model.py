@@ -14,7 +14,7 @@ from . import nn
 from .backends import Backend
 from .config import Config
 from .data import PIXELS
-from .errors import DataError, UsageError
+from .errors import DataError, DivergenceError, UsageError
 from .files import atomic_write
 
 FORMAT_VERSION = 1
@@ -139,6 +139,11 @@ class MLP:
         dataset and the input it expects; `extra` goes into the JSON metadata, `arrays` beside
         the parameters (checkpoints use both). The weights are copied to the host now."""
         named = {f"param{i}": p for i, p in enumerate(self.host_params())}
+        non_finite = [name for name, a in {**named, **(arrays or {})}.items()
+                      if not np.isfinite(a).all()]
+        if non_finite:  # a diverged run's weights are never written (nor over a good file)
+            raise DivergenceError(f"{', '.join(non_finite)} hold NaN or infinity, so nothing "
+                                  f"was written")
         meta = {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),
                 "dataset": self.dataset, "input": INPUT, **(extra or {})}
         return lambda handle: np.savez(handle, meta=np.array(json.dumps(meta)), **named,
@@ -220,6 +225,11 @@ def read_model_file(path: Path) -> ModelFile:
         raise DataError(f"{path}: parameter shapes {found} do not match {config.describe()}")
     if any(p.dtype != np.dtype(config.dtype) for p in params):
         raise DataError(f"{path}: parameters are not all {config.dtype}")
+    non_finite = [name for name, a in arrays.items() if a.dtype.kind == "f"
+                  and not np.isfinite(a).all()]
+    if non_finite:
+        raise DataError(f"{path}: {', '.join(sorted(non_finite))} hold NaN or infinity (a "
+                        f"diverged run's weights): not a usable model")
     return ModelFile(config, params, meta, arrays)
 
 

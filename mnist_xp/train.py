@@ -135,12 +135,21 @@ def _out_of_memory(config: Config, data: Dataset, chunk_rows: int) -> DeviceMemo
         f"in smaller pieces), a smaller --hidden, or --dtype float32")
 
 
-def _finite_loss(loss: Any, step: int, lr: float) -> float:
+DIVERGED = 1e3  # a loss this many times the loss the run started from: it has diverged
+
+
+def _checked_loss(loss: Any, start: float, step: int, lr: float, saved: str) -> float:
+    """The loss read back at `step`, or DivergenceError when it is NaN or infinite, or has
+    grown DIVERGED times beyond `start`, the loss of the network this run started from (a
+    mini-batch's loss may swing far below it, never that far above); `saved` says what holds
+    the last step written."""
     value = float(loss)
-    if not math.isfinite(value):
-        raise DivergenceError(f"the loss became {value} at step {step}: lower the learning "
-                              f"rate (--lr, now {lr:g})")
-    return value
+    if math.isfinite(value) and not value > DIVERGED * start:
+        return value
+    grown = (f", {value / start:.3g} times the {start:.4g} it started from"
+             if math.isfinite(value) else "")
+    raise DivergenceError(f"the loss became {value:g} at step {step}{grown}: the run diverged; "
+                          f"lower the learning rate (--lr, now {lr:g}); {saved}")
 
 
 def train(data: Dataset, backend: Backend | Engine | None = None,
@@ -217,6 +226,11 @@ def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int
             history.records, history.final_loss = list(resume.records), resume.final_loss
         batches = Batches(train_split, config, backend, resume.batches if resume else None)
 
+        start_loss = math.inf  # the first loss read back in this process (at its first step)
+        last_saved = (f"--checkpoint {settings.checkpoint} was not written in this run"
+                      if settings.checkpoint else "nothing was saved (--checkpoint FILE.npz "
+                                                  "keeps the last good step)")
+
         def save(step: int, batches_state: dict[str, Any] | None = None) -> Path | None:
             """The checkpoint after `step`; where its path cannot be written, a copy in the
             temporary folder and a warning (the run goes on, and tries the path again next
@@ -224,16 +238,22 @@ def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int
             path = settings.checkpoint
             if path is None:
                 return None
+            nonlocal last_saved
             try:
                 kept = save_checkpoint(path, model, state, step,
                                        batches_state or batches.state(), history.records,
                                        history.final_loss)
+            except DivergenceError as exc:
+                raise DivergenceError(f"the weights after step {step} {exc}: the run "
+                                      f"diverged; lower the learning rate (--lr, now "
+                                      f"{config.lr:g}); {last_saved}") from None
             except OSError as exc:
                 raise DataError(f"--checkpoint {path}: {exc.strerror or exc}, and the "
                                 f"checkpoint of step {step} could not be kept anywhere") from None
             if kept is not None:
                 warnings.warn(f"--checkpoint {path} could not be written; the checkpoint "
                               f"of step {step} was kept at {kept} (--resume it)", stacklevel=2)
+            last_saved = f"{kept or path} holds step {step}, the last checkpoint written"
             return kept or path
 
         def asked_to_stop() -> Any:
@@ -258,7 +278,9 @@ def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int
             for step in range(first, total + 1):
                 batch = next(batches)
                 evaluating = step % eval_every == 0 or step == total
-                logging = evaluating or step % log_every == 0  # the loss is read back
+                # the loss is read back: every log_every steps, at evaluations, and at the first
+                # step, whose loss is what divergence is measured against
+                logging = evaluating or step % log_every == 0 or step == first
                 step_start = time.perf_counter()
                 try:
                     model.params, state, loss = train_step(model.params, state, batch,
@@ -268,7 +290,10 @@ def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int
                         backend.ready(model.params)
                         on_pace(time.perf_counter() - step_start, total - step)
                     if logging:
-                        history.final_loss = _finite_loss(loss, step, config.lr)
+                        history.final_loss = _checked_loss(loss, start_loss, step, config.lr,
+                                                           last_saved)
+                        if start_loss == math.inf:
+                            start_loss = history.final_loss
                         bar.set_postfix(loss=f"{history.final_loss:.4f}", refresh=False)
                     if evaluating:
                         backend.ready(model.params)

@@ -17,7 +17,7 @@ import pytest
 from mnist_xp import Config, train
 from mnist_xp.backends import numpy_backend
 from mnist_xp.checkpoint import load_checkpoint
-from mnist_xp.errors import DataError, Interrupted, LostWork, UsageError
+from mnist_xp.errors import DataError, DivergenceError, Interrupted, LostWork, UsageError
 from mnist_xp.step import LocalEngine
 
 from conftest import assert_close
@@ -148,6 +148,8 @@ def _rewrite(path, target, change):
         {k: v for k, v in json.loads(str(a["meta"])).items() if k != "step"}))), "bookkeeping"),
     (lambda a: a.__setitem__("meta", np.array(json.dumps(
         {**json.loads(str(a["meta"])), "kind": "model"}))), "not a checkpoint"),
+    (lambda a: a["param1"].__setitem__(0, np.nan), "param1 hold NaN or infinity"),
+    (lambda a: a["v0"].__setitem__((0, 0), np.inf), "v0 hold NaN or infinity"),
     (lambda a: a.__setitem__("meta", np.array(json.dumps(
         {**json.loads(str(a["meta"])), "input": "32x32 RGB"}))),
      "expects input prepared as '32x32 RGB', and this mnist-xp prepares '28x28 grayscale"),
@@ -224,3 +226,22 @@ def test_a_stop_without_a_checkpoint_says_nothing_was_saved(tiny_dir):
     assert process.returncode == 143, err
     assert "nothing was saved (--checkpoint FILE.npz keeps a stopped run)" in err
     assert err.strip().splitlines()[-1].startswith("error: stopped by SIGTERM after step")
+
+
+def test_a_diverging_run_never_writes_a_non_finite_checkpoint(tiny_data, tmp_path):
+    """Checkpointing every step while the loss runs away: the run ends in one DivergenceError
+    naming the checkpoint on disk, and that file holds only finite numbers (it loads)."""
+    path = tmp_path / "run.npz"
+    with pytest.raises(DivergenceError, match=r"the run diverged; .*run.npz holds step \d+"):
+        train(tiny_data, numpy_backend(), "relu10", lr=1e30, steps=30, log_every=1,
+              checkpoint=path, checkpoint_every=1)
+    saved = load_checkpoint(path)
+    assert all(np.isfinite(p).all() for p in saved.params)
+
+
+def test_weights_that_are_not_finite_are_never_written(tiny_data, tmp_path):
+    model, _ = train(tiny_data, numpy_backend(), "relu10", steps=2)
+    model.params[2] = model.params[2] * np.nan
+    with pytest.raises(DivergenceError, match="param2 hold NaN or infinity, so nothing was"):
+        model.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()

@@ -142,6 +142,19 @@ def test_divergence_exits_1(tiny_dir, capsys):
     assert "lower the learning rate (--lr, now 1e+30)" in capsys.readouterr().err
 
 
+def test_a_run_that_blows_up_without_reaching_infinity_fails(tiny_dir, tmp_path, capsys):
+    """relu10 at lr 1e6 on the tiny set: the loss grows past 1000x the one it started from
+    while every number stays finite; the run ends in one line, exit 1, and --save writes
+    nothing."""
+    model = tmp_path / "m.npz"
+    code = main(["train", "--preset", "relu10", "--lr", "1e6", "--steps", "40", "--quiet",
+                 "--device", "cpu", "--data-dir", str(tiny_dir), "--save", str(model)])
+    err = capsys.readouterr().err
+    assert code == 1 and not model.exists()
+    assert "times the" in err and "it started from: the run diverged" in err
+    assert "nothing was saved" in err
+
+
 def test_missing_data_dir(tmp_path, capsys):
     assert main(["train", *FAST, "--device", "cpu", "--data-dir", str(tmp_path / "no")]) == 2
     assert "no such directory" in capsys.readouterr().err
