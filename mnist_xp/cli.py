@@ -302,7 +302,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         problems.append(problem)
         if problem is None:
             print(f"wrote metrics to {args.metrics_out}")
-    problems = [p for p in problems if p]
+    problems = [p for p in [*problems, history.checkpoint_kept] if p]
     if problems:
         raise MnistXpError("; ".join(problems))
     return 0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
+import secrets
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -10,28 +14,70 @@ from typing import BinaryIO
 
 from .errors import UsageError
 
+PART = ".part"
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+
+def _part_name(path: Path) -> Path:
+    """The temporary file beside `path`: hidden, named after it and this process."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{PART}")
+
+
+def _remove_stale_parts(path: Path) -> None:
+    """Temporary files of `path` whose writer is gone (killed mid-write): removed."""
+    for part in path.parent.glob(f".{glob.escape(path.name)}.*{PART}"):
+        pid = part.name[len(path.name) + 2:].split(".")[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            part.unlink(missing_ok=True)
+        except OSError:  # alive, or not ours to ask about
+            pass
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync the folder, so that the rename itself survives a power cut (where the OS can)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call write(binary handle) on a temp file beside `path`, then os.replace it into place.
+    """Call write(binary handle) on a temp file beside `path`, fsync it, os.replace it into
+    place and fsync the folder: a crash leaves the old file or the new one, never half of one.
 
-    The file gets the permissions a plain open() would give it (0666 less the umask), not
-    mkstemp's 0600. On any error the temp file is removed and the error propagates.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    A new file gets the permissions a plain open() gives (0666 less the umask: the kernel
+    applies it, the process umask is never touched); a file written over keeps its own mode.
+    Temp files that a killed writer left beside `path` are removed. On any error the temp
+    file is removed and the error propagates."""
+    path = Path(path)
+    _remove_stale_parts(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = None
+    tmp = _part_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
-        os.chmod(tmp, 0o666 & ~_umask())
+            handle.flush()
+            os.fsync(handle.fileno())
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    _sync_folder(path.parent)
 
 
 def check_output(path: Path | None, flag: str, example: str) -> None:
@@ -48,23 +94,29 @@ def check_output(path: Path | None, flag: str, example: str) -> None:
         raise UsageError(f"{flag} {path}: folder {folder} is not writable")
 
 
+def kept_path(path: Path) -> Path:
+    """Where an output that cannot be written at `path` is kept instead: one file in the
+    temporary folder per output path, replaced by each later attempt."""
+    key = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"mnist-xp-kept-{key}-{Path(path).name}"
+
+
 def write_or_keep(path: Path, write: Callable[[BinaryIO], object]) -> Path | None:
     """atomic_write to `path`; if that fails (the disk filled, the folder went away), write to
-    a new file in the temporary folder instead, so that a finished run is not lost. Returns
-    None when `path` was written, else where the bytes were kept; raises OSError when they
-    could be written nowhere."""
+    kept_path(path) instead, so that a finished run is not lost. Returns None when `path`
+    was written (and removes an earlier kept copy), else where the bytes were kept; raises
+    OSError when they could be written nowhere."""
+    kept = kept_path(path)
     try:
         atomic_write(path, write)
-        return None
     except OSError as first:
-        fd, kept = tempfile.mkstemp(prefix=f"mnist-xp-kept-{path.stem}-", suffix=path.suffix)
-        os.close(fd)
         try:
-            atomic_write(Path(kept), write)
+            atomic_write(kept, write)
         except OSError:
-            Path(kept).unlink(missing_ok=True)
             raise first from None
-        return Path(kept)
+        return kept
+    kept.unlink(missing_ok=True)
+    return None
 
 
 def check_distinct(outputs: list[tuple[str, Path | None]]) -> None:

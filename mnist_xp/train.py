@@ -42,6 +42,7 @@ class History:
     final_loss: float = math.nan
     first_step: int = 1
     seconds_here: float = 0.0
+    checkpoint_kept: str | None = None  # where the last checkpoint went when its path failed
 
     @property
     def steps_here(self) -> int:
@@ -254,6 +255,10 @@ def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int
                 warnings.warn(f"--checkpoint {path} could not be written; the checkpoint "
                               f"of step {step} was kept at {kept} (--resume it)", stacklevel=2)
             last_saved = f"{kept or path} holds step {step}, the last checkpoint written"
+            history.checkpoint_kept = (None if kept is None else
+                                       f"--checkpoint {path} could not be written; the "
+                                       f"checkpoint of step {step} is kept at {kept} "
+                                       f"(--resume it)")
             return kept or path
 
         def asked_to_stop() -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -118,24 +120,56 @@ def test_a_failed_final_write_keeps_the_model_and_says_where(tiny_dir, tmp_path,
 def test_a_checkpoint_that_cannot_be_written_is_kept_and_the_run_goes_on(
         tiny_dir, tmp_path, capsys, monkeypatch):
     """Its folder goes away mid-run: each checkpoint is kept in the temporary folder with a
-    warning, the run finishes and --save is written; the kept checkpoint resumes."""
+    warning, in one copy that each later one replaces; the run finishes and --save is
+    written, and the run ends non-zero, naming where its checkpoint is; the copy resumes."""
     target, saved = tmp_path / "gone" / "run.npz", tmp_path / "model.npz"
     _writes_fail(monkeypatch, target, FileNotFoundError(errno.ENOENT, "No such file"))
     (tmp_path / "gone").mkdir()
     assert main(["train", *FAST, "--data-dir", str(tiny_dir), "--checkpoint", str(target),
-                 "--checkpoint-every", "3", "--save", str(saved)]) == 0
-    warnings = [line for line in capsys.readouterr().err.splitlines() if line]
+                 "--checkpoint-every", "3", "--save", str(saved)]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    warnings, error = lines[:-1], lines[-1]
     assert len(warnings) == 2  # steps 3 and 6
     for line, step in zip(warnings, (3, 6)):
         assert line.startswith(f"warning: --checkpoint {target} could not be written; the "
                                f"checkpoint of step {step} was kept at ")
-    kept = [Path(line.split(" was kept at ")[1].split(" ")[0]) for line in warnings]
+    kept = {Path(line.split(" was kept at ")[1].split(" ")[0]) for line in warnings}
+    assert len(kept) == 1  # one copy, replaced
+    (copy,) = kept
     try:
-        assert load_checkpoint(kept[0]).step == 3 and load_checkpoint(kept[1]).step == 6
+        assert error == (f"error: --checkpoint {target} could not be written; the checkpoint "
+                         f"of step 6 is kept at {copy} (--resume it)")
+        assert load_checkpoint(copy).step == 6
         assert read_model_file(saved).config.hidden == (10,) and not target.exists()
     finally:
-        for path in kept:
-            path.unlink()
+        copy.unlink()
+
+
+def test_atomic_write_keeps_the_mode_syncs_and_sweeps_what_a_killed_writer_left(
+        tmp_path, monkeypatch):
+    """A file written over keeps its mode (0600 stays 0600); the data and the folder are
+    fsynced; the process umask is never changed; a .part file of a writer that is gone is
+    removed, one of a live writer is not."""
+    import mnist_xp.files as files
+
+    path = tmp_path / "ck.npz"
+    path.write_bytes(b"old")
+    path.chmod(0o600)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".ck.npz.{dead}.0badcafe.part"
+    live = tmp_path / f".ck.npz.{os.getppid()}.0badcafe.part"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    synced, umasks = [], []
+    real_fsync = os.fsync
+    monkeypatch.setattr(files.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    monkeypatch.setattr(files.os, "umask", lambda mask: umasks.append(mask) or 0o022)
+    files.atomic_write(path, lambda handle: handle.write(b"new"))
+    assert path.read_bytes() == b"new" and path.stat().st_mode & 0o777 == 0o600
+    assert len(synced) == 2 and not umasks  # the file and its folder; umask untouched
+    assert not stale.exists() and live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ck.npz", live.name])
 
 
 # --- every flag honoured or refused --------------------------------------------------------
