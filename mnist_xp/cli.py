@@ -30,7 +30,7 @@ from .data import read_kaggle_csv
 from .datasets import DATASETS, load_dataset, load_test_split, train_rows
 from .engines import Engine, select_engine
 from .errors import Interrupted, MnistXpError, UsageError
-from .files import atomic_write, check_distinct, check_output, keep_output
+from .files import atomic_write, check_distinct, check_not_inputs, check_output, keep_output
 from .model import MLP, read_model_file
 from .plotting import pyplot
 from .presets import PRESETS
@@ -245,6 +245,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise UsageError(f"--save {args.save} is the checkpoint given to --resume: the model "
                          f"would replace it, and a model cannot be resumed; --checkpoint "
                          f"{args.resume} keeps it up to date instead")
+    # --checkpoint may name the checkpoint resumed: it keeps that one up to date
+    check_not_inputs([(f"--metrics-out {args.metrics_out}", args.metrics_out)],
+                     [("--resume", args.resume)])
 
 
 def _run_settings(args: argparse.Namespace) -> RunSettings:
@@ -342,6 +345,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.submission and not csvs:
         raise UsageError("--submission is for a Kaggle CSV input")
     check_output(args.submission, "--submission", "submission.csv")
+    inputs = [("--model", args.model), *(("the input", path) for path in args.inputs)]
+    check_not_inputs([(f"--submission {args.submission}", args.submission)], inputs)
+    if args.show_preprocessed is not None:  # its pictures are named after the inputs
+        check_not_inputs([(f"--show-preprocessed {args.show_preprocessed}'s {path.stem}.png",
+                           args.show_preprocessed / f"{path.stem}.png") for path in args.inputs],
+                         inputs)
     pictures = [p for p in args.inputs if p.suffix.lower() not in (".csv", ".npy")]
     if pictures:
         need_pillow(f"reading {pictures[0]}")
@@ -382,11 +391,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .report import FILES, write_report
 
     pyplot()  # a missing plot extra is a usage error, before any work
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out}: not a folder")
+    check_not_inputs([(f"--out {args.out}'s {name}", args.out / name) for name in FILES],
+                     [("--model", args.model)])
     saved = read_model_file(args.model)
     model = MLP.from_host(saved.config, saved.params, select_backend(args.device, args.backend),
                           saved.dataset)

@@ -142,3 +142,17 @@ def keep_output(path: Path, flag: str, write: Callable[[BinaryIO], object]) -> s
     if kept is None:
         return None
     return f"{flag} {path} could not be written; it was kept at {kept}"
+
+
+def check_not_inputs(outputs: list[tuple[str, Path | None]],
+                     inputs: list[tuple[str, Path | None]]) -> None:
+    """An output written over one of the command's own inputs (a checkpoint resumed, a model,
+    a picture, a CSV) would destroy it: refused, before any work. Each output is (what writes
+    it, as the message says it, path); each input (its flag or name, path)."""
+    given = {Path(path).resolve(): f"{flag} {path}".strip() for flag, path in inputs
+             if path is not None}
+    for writer, path in outputs:
+        if path is not None and Path(path).resolve() in given:
+            raise UsageError(f"{writer} would replace {given[Path(path).resolve()]}, an input "
+                             f"of this command: an output never replaces an input; write it "
+                             f"elsewhere")

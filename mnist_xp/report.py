@@ -15,6 +15,8 @@ from .model import MLP
 from .plotting import pyplot, save_png
 from .train import evaluate
 
+FILES = ("confusion-matrix.png", "training-curves.png", "mistakes.png", "weights.png",
+         "report.md")  # what write_report writes into its folder
 MISTAKES = 48  # digits in mistakes.png
 TILES = 64  # first-layer units in weights.png
 

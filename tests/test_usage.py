@@ -443,3 +443,39 @@ def test_a_speck_is_no_digit():
     speck[60, 45] = 10
     with pytest.raises(DataError, match="no digit found"):
         preprocess(speck)
+
+
+def test_no_output_replaces_an_input(tiny_dir, tiny_data, tmp_path, capsys):
+    """A resumed checkpoint, a model, a picture, a CSV: each command refuses, before any work,
+    an output that would be written over one of its own inputs, and the input is unchanged."""
+    from PIL import Image
+
+    run, model = tmp_path / "run.npz", tmp_path / "model.npz"
+    assert main(["train", *FAST, "--data-dir", str(tiny_dir), "--checkpoint", str(run),
+                 "--save", str(model)]) == 0
+    picture = tmp_path / "seven.png"
+    Image.fromarray(tiny_data.test_images[0].reshape(28, 28)).save(picture)
+    csv = kaggle_csv(tmp_path / "test.csv", tiny_data.test_images[:3], None)
+    cases = [
+        (["train", *FAST, "--data-dir", str(tiny_dir), "--steps", "9", "--resume", str(run),
+          "--metrics-out", str(run)], run, f"--metrics-out {run} would replace --resume {run}"),
+        (["predict", "--model", str(model), str(csv), "--submission", str(csv)], csv,
+         f"--submission {csv} would replace the input {csv}"),
+        (["predict", "--model", str(model), str(picture), "--show-preprocessed",
+          str(tmp_path)], picture, f"seven.png would replace the input {picture}"),
+        (["report", "--model", str(tmp_path / "weights.png"), "--out", str(tmp_path)], None,
+         f"weights.png would replace --model {tmp_path / 'weights.png'}"),
+    ]
+    (tmp_path / "weights.png").write_bytes(model.read_bytes())
+    capsys.readouterr()
+    for argv, guarded, message in cases:
+        before = guarded.read_bytes() if guarded else None
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "an output never replaces an input" in err
+        assert err.count("\n") == 1
+        if guarded:
+            assert guarded.read_bytes() == before
+    assert main(["train", *FAST, "--data-dir", str(tiny_dir), "--steps", "9", "--resume",
+                 str(run), "--checkpoint", str(run)]) == 0  # kept up to date: allowed
+    assert load_checkpoint(run).step == 9
