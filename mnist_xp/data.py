@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
+import os
 import struct
 import warnings
 import zlib
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -42,26 +44,68 @@ class Dataset(NamedTuple):
         return getattr(self, f"{which}_images"), getattr(self, f"{which}_labels")
 
 
-def read_payload(path: str | Path) -> bytes:
-    """The file's bytes, gunzipped when the file starts with the gzip magic 1f 8b."""
+GZIP_RATIO = 100  # an IDX payload inflates at most this much from its gzip (MNIST's: ~5x)
+ITEM_SIZES = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}  # IDX type codes
+
+
+def read_payload(path: str | Path, magic: int | None = None) -> bytes:
+    """The file's IDX payload, gunzipped when the file starts with the gzip magic 1f 8b, read
+    with bounded memory (bounded_payload)."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as handle:
+            return bounded_payload(handle, os.fstat(handle.fileno()).st_size, str(path), magic)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not an IDX file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return decompress(raw, str(path))
 
 
-def decompress(raw: bytes, source: str) -> bytes:
-    """Gunzip `raw` when it starts with the gzip magic 1f 8b; other bytes pass through."""
-    if raw[:2] != b"\x1f\x8b":
-        return raw
+def decompress(raw: bytes, source: str, magic: int | None = None) -> bytes:
+    """The IDX payload in `raw` (gzipped or not), read with bounded memory."""
+    return bounded_payload(io.BytesIO(raw), len(raw), source, magic)
+
+
+def bounded_payload(handle: BinaryIO, size: int, source: str, magic: int | None = None
+                    ) -> bytes:
+    """The IDX payload behind `handle` (a file of `size` bytes, gzipped when it starts with
+    1f 8b): the header first, then at most the size the header implies plus one byte. A
+    header whose promise no file of this size could keep (more than GZIP_RATIO times it,
+    gzipped), or a payload that goes on past it, is refused without being inflated whole;
+    the parsers then check the exact length. With `magic`, a wrong magic number is refused
+    from the first four bytes."""
+    gzipped = handle.read(2) == b"\x1f\x8b"
+    handle.seek(0)
+    stream: BinaryIO = gzip.GzipFile(fileobj=handle, mode="rb") if gzipped else handle
     try:
-        return gzip.decompress(raw)
+        head = stream.read(4)
+        if len(head) < 4:
+            raise DataError(f"{source}: {len(head)} bytes is too short for an IDX header")
+        if magic is not None:
+            _check_magic(int.from_bytes(head, "big"), magic, source)
+        dims_bytes = stream.read(4 * head[3])
+        if len(dims_bytes) < 4 * head[3]:
+            raise DataError(f"{source}: {4 + len(dims_bytes)} bytes is too short for an IDX "
+                            f"header")
+        dims = struct.unpack(f">{head[3]}I", dims_bytes)
+        implied = math.prod(dims) * ITEM_SIZES.get(head[2], 1)
+        limit = GZIP_RATIO * size + 2**20 if gzipped else size
+        if implied > limit:
+            raise DataError(f"{source}: its header promises {implied:,} bytes of data, more "
+                            f"than a {size:,}-byte file can hold")
+        body = stream.read(implied + 1)  # one byte more: trailing data is seen, not read
     except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{source}: truncated or corrupt gzip data ({exc})") from None
+    return head + dims_bytes + body
+
+
+def _check_magic(found: int, magic: int, source: str) -> None:
+    if found != magic:
+        other = {IMAGE_MAGIC: "an image file", LABEL_MAGIC: "a label file"}.get(found)
+        hint = f"; this is {other}" if other else ""
+        raise DataError(f"{source}: wrong magic number {found} (expected {magic}){hint}")
 
 
 def _header(payload: bytes, magic: int, fields: int, source: str) -> tuple[int, ...]:
@@ -69,10 +113,7 @@ def _header(payload: bytes, magic: int, fields: int, source: str) -> tuple[int, 
     if len(payload) < size:
         raise DataError(f"{source}: {len(payload)} bytes is too short for an IDX header")
     found, *dims = struct.unpack(f">{1 + fields}I", payload[:size])
-    if found != magic:
-        other = {IMAGE_MAGIC: "an image file", LABEL_MAGIC: "a label file"}.get(found)
-        hint = f"; this is {other}" if other else ""
-        raise DataError(f"{source}: wrong magic number {found} (expected {magic}){hint}")
+    _check_magic(found, magic, source)
     return tuple(dims)
 
 
@@ -111,11 +152,11 @@ def check_labels(labels: np.ndarray, source: str) -> None:
 
 
 def read_idx_images(path: str | Path) -> np.ndarray:
-    return parse_idx_images(read_payload(path), str(path))
+    return parse_idx_images(read_payload(path, IMAGE_MAGIC), str(path))
 
 
 def read_idx_labels(path: str | Path) -> np.ndarray:
-    return parse_idx_labels(read_payload(path), str(path))
+    return parse_idx_labels(read_payload(path, LABEL_MAGIC), str(path))
 
 
 def check_split(images: np.ndarray, labels: np.ndarray, source: str) -> None:

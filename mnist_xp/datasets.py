@@ -17,7 +17,16 @@ from pathlib import Path
 import numpy as np
 
 from . import download
-from .data import PIXELS, Dataset, check_split, parse_idx_images, parse_idx_labels, read_payload
+from .data import (
+    IMAGE_MAGIC,
+    LABEL_MAGIC,
+    PIXELS,
+    Dataset,
+    check_split,
+    parse_idx_images,
+    parse_idx_labels,
+    read_payload,
+)
 from .errors import DataError, DownloadError, UsageError
 
 SPLIT_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -68,6 +77,11 @@ def cache_dir(name: str) -> Path:
     return Path(base) / "mnist-xp" / name
 
 
+def magic_of(stem: str) -> int:
+    """The IDX magic number a dataset file must start with."""
+    return IMAGE_MAGIC if "images" in stem else LABEL_MAGIC
+
+
 def _on_disk(folder: Path, stem: str) -> Path | None:
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.is_file():
@@ -81,7 +95,7 @@ def _verified_payload(spec: DatasetSpec, folder: Path, stem: str, progress: bool
     path = _on_disk(folder, stem)
     if path is not None:
         try:
-            payload = read_payload(path)
+            payload = read_payload(path, magic_of(stem))
             problem = None if download.md5(payload) == expected else "fails its MD5 check"
         except DataError as exc:
             problem = str(exc)
@@ -89,7 +103,8 @@ def _verified_payload(spec: DatasetSpec, folder: Path, stem: str, progress: bool
             return payload
         warnings.warn(f"{path}: cached file {problem}; downloading it again", stacklevel=3)
     try:
-        return download.fetch(f"{stem}.gz", list(spec.mirrors), folder, expected, progress)
+        return download.fetch(f"{stem}.gz", list(spec.mirrors), folder, expected, progress,
+                              magic_of(stem))
     except DownloadError:
         if path is not None:
             raise DataError(f"{path} is corrupted and could not be downloaded again: "
@@ -127,7 +142,7 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None, *,
             source = _on_disk(folder, stem)
             if source is None:
                 raise DataError(f"{folder}: missing {stem}.gz (or {stem})")
-            payload = read_payload(source)
+            payload = read_payload(source, magic_of(stem))
         arrays.append(parse(payload, str(source)))
     train_images, train_labels, test_images, test_labels = arrays
     if not test_only:

@@ -22,6 +22,7 @@ from .files import atomic_write
 
 TIMEOUT_S = 30
 CHUNK = 1 << 16
+MAX_BYTES = 128 << 20  # no archive of an MNIST-format dataset is near this (~30 MB at most)
 
 
 def md5(payload: bytes) -> str:
@@ -29,7 +30,8 @@ def md5(payload: bytes) -> str:
 
 
 def _download(url: str, progress: bool) -> bytes:
-    """The bytes at `url` (the MNIST archives are at most ~30 MB), with a progress bar."""
+    """The bytes at `url` (the MNIST archives are at most ~30 MB; more than MAX_BYTES is
+    refused), with a progress bar."""
     buffer = io.BytesIO()
     with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 (https mirrors)
         total = int(response.headers.get("Content-Length") or 0) or None
@@ -38,11 +40,14 @@ def _download(url: str, progress: bool) -> bytes:
             while chunk := response.read(CHUNK):
                 buffer.write(chunk)
                 bar.update(len(chunk))
+                if buffer.tell() > MAX_BYTES:
+                    raise DataError(f"more than {MAX_BYTES >> 20} MB: not an MNIST-format "
+                                    f"archive")
     return buffer.getvalue()
 
 
 def fetch(filename: str, mirrors: list[str], folder: Path, payload_md5: str,
-          progress: bool = False) -> bytes:
+          progress: bool = False, magic: int | None = None) -> bytes:
     """Download `filename` from the first mirror that serves it with the right payload MD5.
 
     Returns the decompressed payload; the file lands in `folder` only once verified.
@@ -59,7 +64,7 @@ def fetch(filename: str, mirrors: list[str], folder: Path, payload_md5: str,
         url = mirror.rstrip("/") + "/" + filename
         try:
             raw = _download(url, progress)
-            payload = decompress(raw, url)
+            payload = decompress(raw, url, magic)
             found = md5(payload)
             if found != payload_md5:
                 raise DataError(f"MD5 of the payload is {found}, expected {payload_md5}")

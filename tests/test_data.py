@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import hashlib
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -325,6 +326,37 @@ def test_a_billion_image_header_is_refused_before_any_allocation():
     with traced_peak() as peak, pytest.raises(DataError, match="fuzz"):
         parse_idx_images(claim, "fuzz")
     assert peak[0] < 1_000_000  # 10^9 images would be 784 GB
+
+
+def _gzip_bomb(path, header: bytes, zeros: int) -> None:
+    """A gzip file of `header` and then `zeros` zero bytes, written in pieces (a few MB on
+    disk for hundreds of MB inflated)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with open(path, "wb") as handle:
+        handle.write(packer.compress(header))
+        block = bytes(1 << 20)
+        for _ in range(zeros >> 20):
+            handle.write(packer.compress(block))
+        handle.write(packer.flush())
+
+
+@pytest.mark.parametrize("count,message,bound", [
+    # promises 1.6 MB, holds 300 MB: read up to the promise
+    (2_000, "trailing bytes", 2_000 * 784 + (4 << 20)),
+    # no file this small can keep such a promise: nothing read past the header
+    (10**7, "promises 7,840,000,000 bytes of data, more than", 1 << 20),
+])
+def test_a_gzip_bomb_is_refused_without_inflating_it(tmp_path, count, message, bound):
+    """An IDX .gz whose payload inflates far beyond its header's promise, or whose promise no
+    file of its size could keep: one line, and the memory stays near what the promise needs
+    (the whole 300 MB used to be inflated before the length was checked)."""
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    _gzip_bomb(path, idx_images_bytes(IMAGES[:0])[:4] + count.to_bytes(4, "big")
+               + (28).to_bytes(4, "big") * 2, 300 << 20)
+    assert path.stat().st_size < 1_000_000
+    with traced_peak() as peak, pytest.raises(DataError, match=message):
+        read_idx_images(path)
+    assert peak[0] < bound, peak[0]
 
 
 def test_a_download_cut_halfway_leaves_nothing_behind(mirrors, monkeypatch):
