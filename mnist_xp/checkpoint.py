@@ -8,6 +8,7 @@ It is written atomically, so a crash or Ctrl-C during the write leaves the previ
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import numpy as np
 from .config import Config
 from .errors import DataError
 from .files import write_or_keep
-from .model import MLP, read_model_file
+from .model import MLP
+from .modelfile import read_model_file
 
 
 @dataclass
@@ -47,7 +49,8 @@ def save_checkpoint(path: Path, model: MLP, optimizer_state: dict[str, Any], ste
               if name != "t" for i, a in enumerate(values)}
     t = round(float(to_numpy(optimizer_state["t"])))
     extra = {"kind": "checkpoint", "step": step, "optimizer_t": t,
-             "batches": batches, "history": records, "final_loss": final_loss}
+             "batches": batches, "history": records,
+             "final_loss": final_loss if math.isfinite(final_loss) else None}
     return write_or_keep(Path(path), model.npz_writer(extra, arrays))
 
 
@@ -61,21 +64,30 @@ def load_checkpoint(path: Path) -> Checkpoint:
                         f"resume from); train with --checkpoint FILE to write one")
     from .optim import OPTIMIZERS
 
-    state = {}
-    for name in OPTIMIZERS[config.optimizer].STATE:
-        found = [arrays.get(f"{name}{i}") for i in range(len(params))]
-        if any(a is None or a.shape != p.shape or a.dtype != p.dtype
-               for a, p in zip(found, params)):
-            raise DataError(f"{path}: the {config.optimizer} state '{name}' is missing or does "
-                            f"not match the parameters' shapes and dtype")
-        state[name] = found
+    names = OPTIMIZERS[config.optimizer].STATE  # read and checked with the parameters
+    state = {name: [arrays[f"{name}{i}"] for i in range(len(params))] for name in names}
     try:
         step, t = int(meta["step"]), int(meta["optimizer_t"])
         batches, records = dict(meta["batches"]), list(meta["history"])
-        final_loss = float(meta["final_loss"])
+        final_loss = math.nan if meta["final_loss"] is None else float(meta["final_loss"])
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: bad checkpoint bookkeeping ({exc})") from None
     if step < 0 or t < 0:
         raise DataError(f"{path}: bad checkpoint step {step}")
+    if batches:
+        _check_batches(batches, path)
     return Checkpoint(config, params, step, t, state, batches, records, final_loss,
                       saved.dataset)
+
+
+def _check_batches(batches: dict[str, Any], path: Path) -> None:
+    """A mini-batch run's shuffling state: NumPy's PCG64 state and a position >= 0."""
+    position = batches.get("position")
+    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+        raise DataError(f"{path}: bad checkpoint bookkeeping (the field 'batches.position' is "
+                        f"not a row number)")
+    try:
+        np.random.default_rng().bit_generator.state = batches.get("rng")
+    except (TypeError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: bad checkpoint bookkeeping (the field 'batches.rng' is not "
+                        f"a generator state: {exc})") from None

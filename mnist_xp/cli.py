@@ -31,7 +31,8 @@ from .datasets import DATASETS, load_dataset, load_test_split, train_rows
 from .engines import Engine, select_engine
 from .errors import Interrupted, MnistXpError, UsageError
 from .files import atomic_write, check_distinct, check_not_inputs, check_output, keep_output
-from .model import MLP, read_model_file
+from .model import MLP
+from .modelfile import read_model_file
 from .plotting import pyplot
 from .presets import PRESETS
 from .settings import RunSettings, check_run

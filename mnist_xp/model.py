@@ -1,12 +1,12 @@
 """The MLP: its configuration and parameters on a Backend, initialisation, prediction and
-save/load as a plain .npz (no pickle)."""
+save/load as a plain .npz (no pickle; modelfile.py reads it back)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -14,14 +14,11 @@ from . import nn
 from .backends import Backend
 from .config import Config
 from .data import PIXELS
-from .errors import DataError, DivergenceError, UsageError
+from .errors import DivergenceError, UsageError
 from .files import atomic_write
+from .modelfile import FORMAT_VERSION, INPUT, read_model_file
 
-FORMAT_VERSION = 1
 PREDICT_CHUNK = 10_000
-# What a model expects of its input, recorded in every model file beside the dataset's name.
-INPUT = ("28x28 grayscale, light ink on black as in MNIST, uint8 0..255 (divided by 255) or "
-         "floats in [0, 1]")
 
 
 def init_params(config: Config, seed: int | None = None) -> list[np.ndarray]:
@@ -146,7 +143,8 @@ class MLP:
                                   f"was written")
         meta = {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),
                 "dataset": self.dataset, "input": INPUT, **(extra or {})}
-        return lambda handle: np.savez(handle, meta=np.array(json.dumps(meta)), **named,
+        text = json.dumps(meta, allow_nan=False)  # the metadata is finite: checked on read
+        return lambda handle: np.savez(handle, meta=np.array(text), **named,
                                        **(arrays or {}))
 
     def save(self, path: str | Path, extra: dict[str, Any] | None = None,
@@ -166,70 +164,3 @@ class MLP:
         """Read a model written by save(); refuses pickles, other versions and wrong shapes."""
         saved = read_model_file(Path(path))
         return cls.from_host(saved.config, saved.params, backend, saved.dataset)
-
-
-def read_npz(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The JSON metadata and the arrays of an mnist-xp .npz, refusing pickled content."""
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            meta = json.loads(str(archive["meta"]))
-            arrays = {name: archive[name] for name in archive.files if name != "meta"}
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not a model file") from None
-    except Exception as exc:  # zipfile, pickle refusals, bad JSON: anything unreadable
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: not an mnist-xp model file ({reason})") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: not an mnist-xp model file (metadata is not an object)")
-    return meta, arrays
-
-
-class ModelFile(NamedTuple):
-    """A checked model file: its config and parameters, and all its metadata and arrays."""
-
-    config: Config
-    params: list[np.ndarray]
-    meta: dict[str, Any]
-    arrays: dict[str, np.ndarray]
-
-    @property
-    def dataset(self) -> str | None:
-        """What the model was trained on (None in files from before this was recorded)."""
-        name = self.meta.get("dataset")
-        return name if isinstance(name, str) else None
-
-
-def read_model_file(path: Path) -> ModelFile:
-    """Read and check a model (or checkpoint) file: version, config, parameter shapes, dtypes."""
-    meta, arrays = read_npz(path)
-    count = sum(name.startswith("param") for name in arrays)
-    params = [arrays.get(f"param{i}") for i in range(count)]
-    if any(p is None for p in params):
-        raise DataError(f"{path}: parameters are not numbered param0..param{count - 1}")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path}: model format version {meta.get('format_version')!r} is not "
-                        f"{FORMAT_VERSION}")
-    if meta.get("input", INPUT) != INPUT:  # files from before it was recorded: MNIST's
-        raise DataError(f"{path}: the model expects input prepared as {meta['input']!r}, and "
-                        f"this mnist-xp prepares {INPUT!r}")
-    try:
-        config = Config.from_dict(meta["config"])
-    except (KeyError, TypeError, UsageError) as exc:
-        raise DataError(f"{path}: bad model config ({exc})") from None
-    sizes = config.sizes
-    expected = [s for a, b in zip(sizes[:-1], sizes[1:]) for s in ((a, b), (b,))]
-    found = [p.shape for p in params]
-    if found != expected:
-        raise DataError(f"{path}: parameter shapes {found} do not match {config.describe()}")
-    if any(p.dtype != np.dtype(config.dtype) for p in params):
-        raise DataError(f"{path}: parameters are not all {config.dtype}")
-    non_finite = [name for name, a in arrays.items() if a.dtype.kind == "f"
-                  and not np.isfinite(a).all()]
-    if non_finite:
-        raise DataError(f"{path}: {', '.join(sorted(non_finite))} hold NaN or infinity (a "
-                        f"diverged run's weights): not a usable model")
-    return ModelFile(config, params, meta, arrays)
-
-

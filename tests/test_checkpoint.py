@@ -146,8 +146,29 @@ def _rewrite(path, target, change):
         {**json.loads(str(a["meta"])), "format_version": 99}))), "format version 99"),
     (lambda a: a.__setitem__("meta", np.array(json.dumps(
         {k: v for k, v in json.loads(str(a["meta"])).items() if k != "step"}))), "bookkeeping"),
+    (lambda a: [a.pop(k) for k in list(a) if k[0] in "mv" and k[1:].isdigit()] and a.__setitem__(
+        "meta", np.array(json.dumps({**json.loads(str(a["meta"])), "kind": "model"}))),
+     "not a checkpoint"),
     (lambda a: a.__setitem__("meta", np.array(json.dumps(
-        {**json.loads(str(a["meta"])), "kind": "model"}))), "not a checkpoint"),
+        {**json.loads(str(a["meta"])), "kind": "model"}))), "unknown member 'm0'"),
+    (lambda a: a.__setitem__("extra", np.zeros(3)), "unknown member 'extra'"),
+    (lambda a: a.__setitem__("meta", np.array(json.dumps(
+        {**json.loads(str(a["meta"])), "config": {**json.loads(str(a["meta"]))["config"],
+                                                  "hidden": "ab"}}))),
+     "the field 'hidden' is not a list of layer sizes"),
+    (lambda a: a.__setitem__("meta", np.array(json.dumps(
+        {**json.loads(str(a["meta"])), "history": [{"loss": 1.0}]}))),
+     "the field 'history' is not a list of evaluations"),
+    (lambda a: a.__setitem__("meta", np.array(json.dumps(
+        {**json.loads(str(a["meta"])), "history": "abc"}))),
+     "the field 'history' is not a list of evaluations"),
+    (lambda a: a.__setitem__("meta", np.array(json.dumps(
+        {**json.loads(str(a["meta"])), "config": {**json.loads(str(a["meta"]))["config"],
+                                                  "seed": float("inf")}}))),
+     "Infinity is not a number JSON allows"),
+    (lambda a: a.__setitem__("meta", np.array(json.dumps(
+        {**json.loads(str(a["meta"])), "batches": {"rng": {"state": 1}, "position": 3}}))),
+     "the field 'batches.rng' is not a generator state"),
     (lambda a: a["param1"].__setitem__(0, np.nan), "param1 hold NaN or infinity"),
     (lambda a: a["v0"].__setitem__((0, 0), np.inf), "v0 hold NaN or infinity"),
     (lambda a: a.__setitem__("meta", np.array(json.dumps(

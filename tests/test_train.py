@@ -200,7 +200,8 @@ def test_save_and_load(backend_dtype, tiny_data, tmp_path):
     backend, dtype = backend_dtype
     model, _ = train(tiny_data, backend, "relu10", steps=5, dtype=dtype)
     path = tmp_path / "model.npz"
-    model.save(path, extra={"history": [{"step": 5}]})
+    model.save(path, extra={"history": [{"step": 5, "loss": 0.5, "train_accuracy": 0.9,
+                                         "test_accuracy": 0.8}]})
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]  # no temp file left
     umask = os.umask(0)
     os.umask(umask)

@@ -18,7 +18,7 @@ from mnist_xp import MLP, UsageError
 from mnist_xp.backends import numpy_backend
 from mnist_xp.checkpoint import load_checkpoint
 from mnist_xp.cli import main
-from mnist_xp.model import read_model_file
+from mnist_xp.modelfile import read_model_file
 
 from helpers import kaggle_csv
 
