@@ -13,6 +13,7 @@ Kaggle CSVs, and preprocess pictures the way MNIST was made (LeCun et al.):
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,18 +28,36 @@ CONTRAST = 0.1  # no digit where no pixel stands this far above the paper, as a 
 MIN_INK = 0.002  # no digit where ink covers less than this share of the picture ...
 MIN_INK_PIXELS = 8  # ... or fewer pixels than this
 THUMBNAIL = 128  # the paper's level is estimated on a picture this size, then scaled back
+PICTURE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")  # the only decoders used
+MAX_PIXELS = 64_000_000  # more than any phone's photo (a 24 MP one is 6000x4000)
+WORKING = 1024  # a larger picture is reduced to this many pixels on its longer side
 
 
 def _open_image(path: Path) -> np.ndarray:
-    """Grayscale pixels (H, W) as float in [0, 255]."""
+    """Grayscale pixels (H, W) as float in [0, 255], at most WORKING pixels on a side.
+
+    Only the formats a digit's picture comes in are opened (never a decoder that starts
+    another program, as EPS would), a picture of more than MAX_PIXELS is refused from its
+    header, and a large one is reduced while it is decoded (JPEG's draft mode, then a box
+    reduction) before any float work. 16-bit pictures are scaled to 8 bits, not clipped."""
     try:
         from PIL import Image, ImageOps, UnidentifiedImageError
     except ImportError:
         raise UsageError('reading PNG/JPEG needs Pillow: pip install "mnist-xp[image]"') from None
     try:
-        with Image.open(path) as opened:
-            opened.load()
+        with warnings.catch_warnings():  # a picture past Pillow's bomb warning: refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path, formats=PICTURE_FORMATS)
+        with opened:
+            width, height = opened.size
+            if width * height > MAX_PIXELS:
+                raise DataError(f"{path}: {width}x{height} is {width * height / 1e6:.0f} "
+                                f"million pixels, more than the {MAX_PIXELS / 1e6:.0f} million "
+                                f"a photo of a digit needs: scale it down first")
+            opened.thumbnail((WORKING, WORKING), Image.Resampling.BOX)  # draft, then reduce
             picture = ImageOps.exif_transpose(opened)  # a phone's photo, upright
+            if picture.mode.startswith("I"):  # 16 bits a pixel: scaled, not clipped
+                picture = picture.point(lambda value: value / 257)
             if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
                 # transparent pixels are background: composite on white
                 rgba = picture.convert("RGBA")
@@ -47,7 +66,10 @@ def _open_image(path: Path) -> np.ndarray:
             return np.asarray(picture.convert("L"), dtype=np.float64)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable image (only {', '.join(PICTURE_FORMATS)} "
+                        f"pictures are opened)") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MnistXpError
+from .errors import DataError, MnistXpError
 from .images import read_digits, write_digit_pictures
 from .model import MLP
 
@@ -22,15 +22,19 @@ def top3(probabilities: np.ndarray) -> list[tuple[int, float]]:
 
 def predict_inputs(model: MLP, inputs: list[Path], on_error: Callable[[MnistXpError], None],
                    show_preprocessed: Path | None = None) -> list[dict[str, Any]]:
-    """{"input", "digit", "top3"} for every digit of every input; an input that fails is
-    handed to on_error and skipped. With show_preprocessed, the 28x28 images the network saw
-    are written there as PNG."""
+    """{"input", "digit", "top3"} for every digit of every input; an input that fails, in any
+    way, is handed to on_error as one DataError and skipped. With show_preprocessed, the
+    28x28 images the network saw are written there as PNG."""
     results, written = [], set()
     for path in inputs:
         try:
             digits, names = read_digits(path)
         except MnistXpError as exc:
             on_error(exc)
+            continue
+        except Exception as exc:  # any failure of one input is that input's one line
+            on_error(DataError(f"{path}: cannot be read ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})"))
             continue
         for name, p in zip(names, model.predict_proba(digits)):
             results.append({"input": name, "digit": int(np.argmax(p)), "top3": top3(p)})

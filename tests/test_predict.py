@@ -74,6 +74,89 @@ def test_blank_and_unreadable_pictures_are_one_line_errors(tmp_path, capsys, tin
         assert message in err and err.count("\n") == 1 and name in err
 
 
+def _png_header_only(path, width, height):
+    """A PNG that declares width x height and holds no pixels: enough for a reader that
+    decodes before it checks the size to try."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+        ">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b""))
+
+
+def test_pictures_that_attack_are_one_line_each_and_the_others_are_predicted(
+        tmp_path, capsys, tiny_dir, monkeypatch):
+    """A PostScript file named .png (Pillow would start Ghostscript for it: a stub on PATH
+    records whether anything ran), a picture of 150 million pixels, and an input whose reading
+    fails in an unforeseen way: one line each, exit 1, and the good picture is still
+    predicted."""
+    model = tmp_path / "m.npz"
+    train_and_save(tiny_dir, model)
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    ran = tmp_path / "ghostscript-ran"
+    (stubs / "gs").write_text(f"#!/bin/sh\ntouch {ran}\nexit 1\n")
+    (stubs / "gs").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{stubs}:{__import__('os').environ['PATH']}")
+    (tmp_path / "digit.png").write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 28 28\n"
+                                        "showpage\n")
+    _png_header_only(tmp_path / "huge.png", 15000, 10000)
+    Image.fromarray(drawing("7")).save(tmp_path / "seven.png")
+    Image.fromarray(drawing("1")).save(tmp_path / "odd.png")
+    import mnist_xp.images as images
+
+    real = images.preprocess
+
+    def failing(gray, name="image"):
+        if name.endswith("odd.png"):
+            raise ZeroDivisionError("an unforeseen failure")
+        return real(gray, name)
+
+    monkeypatch.setattr(images, "preprocess", failing)
+    inputs = [tmp_path / name for name in ("digit.png", "huge.png", "odd.png", "seven.png")]
+    capsys.readouterr()
+    assert main(["predict", "--model", str(model), *map(str, inputs)]) == 1
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines)
+    assert "digit.png: not a readable image (only PNG, JPEG" in lines[0]
+    assert "150 million pixels, more than the 64 million" in lines[1]
+    assert "odd.png: cannot be read (ZeroDivisionError: an unforeseen failure)" in lines[2]
+    assert out.startswith(f"{inputs[3]}: ") and not ran.exists()
+
+
+def test_a_16_bit_picture_is_scaled_not_clipped(tmp_path):
+    """Dark ink (3000 of 65535) on light paper (60000): clipped to 8 bits, both would be white
+    and no digit found."""
+    from mnist_xp.images import read_digits
+
+    picture = np.full((280, 280), 60000, np.uint16)
+    picture[50:230, 130:150] = 3000
+    Image.fromarray(picture).save(tmp_path / "deep.png")
+    digits, _ = read_digits(tmp_path / "deep.png")
+    assert digits.shape == (1, 784) and (digits > 128).sum() >= 20
+
+
+def test_a_phone_sized_photo_is_reduced_while_it_is_decoded(tmp_path):
+    """A 24-megapixel JPEG: decoded at a fraction of its size (draft mode), so the float work
+    is on a small picture (it used to take 0.8 GB as float64 at full resolution)."""
+    from mnist_xp.images import read_digits
+
+    from conftest import traced_peak
+
+    photo = np.full((4000, 6000), 220, np.uint8)
+    photo[1500:2500, 2900:3100] = 30
+    Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=90)
+    with traced_peak() as peak:
+        digits, _ = read_digits(tmp_path / "photo.jpg")
+    assert (digits > 128).sum() >= 20
+    assert peak[0] < 100 << 20, peak[0]
+
+
 def train_and_save(data_dir, path, *flags):
     assert main(["train", "--preset", "relu10", "--steps", "30", "--lr", "0.05", "--device",
                  "cpu", "--data-dir", str(data_dir), "--quiet", "--save", str(path),
