@@ -297,7 +297,7 @@ def time_to_accuracy(data: Dataset, backend: Backend, targets: tuple[float, ...]
     costs (kernel compiles, cuBLAS start-up) so that they are not counted."""
     train(data, backend, "best", steps=2, log_every=2)
     _, history = train(data, backend, "best", eval_every=eval_every, log_every=eval_every,
-                       stop_at_accuracy=max(targets))
+                       stop_at_accuracy=max(targets), progress=True)
     reached: dict[str, Any] = {}
     for target in targets:
         hit = next((r for r in history.records if r["test_accuracy"] >= target), None)

@@ -41,7 +41,9 @@ def markdown(result: dict[str, Any]) -> str:
     """The report: the step table, the peaks it used, and time to accuracy."""
     lines = [
         f"Full-batch step over {result['rows']:,} rows (forward, backward, Adam), median of "
-        f"{result['repeats']} after {result['warmup']} warm-up; command: `{result['command']}`",
+        f"{result['repeats']} after {result['warmup']} warm-up; command: `{result['command']}`"
+        + (" (interrupted by Ctrl-C: only the cases below were timed)"
+           if result.get("interrupted") else ""),
         "",
         "| device | backend | hidden | dtype | TF32 | tail | step ms | GFLOP/s | % of peak "
         "| step / 2 products | to device ms | peak memory MiB | speedup vs NumPy CPU "

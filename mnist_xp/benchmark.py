@@ -91,10 +91,11 @@ def torch_device(engine: Engine) -> str | None:
 
 
 def cases_of(engine: Engine, options: Namespace, torch_ms: dict[tuple[Any, ...], float],
-             say: Say) -> list[dict[str, Any]]:
-    """The cases of one engine: every hidden size, TF32 mode (GPUs that have it) and tail
-    (CuPy's fused and the reference), with the hand-written torch step beside them, timed
-    once per device and size (torch_ms keeps them)."""
+             say: Say, cases: list[dict[str, Any]]) -> None:
+    """Time the cases of one engine into `cases`, one by one (so that a Ctrl-C keeps those
+    done): every hidden size, TF32 mode (GPUs that have it) and tail (CuPy's fused and the
+    reference), with the hand-written torch step beside them, timed once per device and size
+    (torch_ms keeps them)."""
     backend = engine.backend
     say(f"device: {engine.name}")
     tails = [backend.tail] + ([ARRAY_API_TAIL] if backend.tail.name != "array-api" else [])
@@ -106,7 +107,6 @@ def cases_of(engine: Engine, options: Namespace, torch_ms: dict[tuple[Any, ...],
             say(f"bench: no TF32 case on {engine.name}: TF32 needs compute capability 8.0 or "
                 f"later")
     device = None if options.no_torch else torch_device(engine)
-    cases = []
     for hidden in options.hidden:
         for tf32 in modes:
             key = (device, tuple(hidden), tf32)
@@ -121,11 +121,10 @@ def cases_of(engine: Engine, options: Namespace, torch_ms: dict[tuple[Any, ...],
                     chunk_size=options.chunk_size)
                 if key in torch_ms:
                     case["torch_ms"] = torch_ms[key]
+                tf32_mode = "" if case["tf32"] is None else f" tf32={case['tf32']}"
                 say(f"  {bench_report.library(case)} {bench_report.hidden_label(hidden)} "
-                    f"{options.dtype} tf32={case['tf32']} {case['tail']}: "
-                    f"{case['step_ms']:.2f} ms/step")
+                    f"{options.dtype}{tf32_mode} {case['tail']}: {case['step_ms']:.2f} ms/step")
                 cases.append(case)
-    return cases
 
 
 def run(options: Namespace, say: Say) -> dict[str, Any]:
@@ -143,24 +142,29 @@ def run(options: Namespace, say: Say) -> dict[str, Any]:
     if not options.no_accuracy:
         data = load_dataset(options.dataset or "mnist", options.data_dir, progress=True)
     torch_ms: dict[tuple[Any, ...], float] = {}  # the hand-written step, once per device
-    cases, cluster_names = [], []
-    for backend in backends:
-        cases += cases_of(as_engine(backend), options, torch_ms, say)
-    kind = "cpu" if options.device.strip().lower() in ("all", "cpu") else options.device
-    for where in clusters:
-        with select_engine(kind, "dask", **where) as engine:
-            cluster_names.append(engine.name)
-            cases += cases_of(engine, options, torch_ms, say)
-    bench_report.add_speedups(cases)
-    accuracy = []
-    if data is not None:
+    cases: list[dict[str, Any]] = []
+    cluster_names: list[str] = []
+    accuracy: list[dict[str, Any]] = []
+    interrupted = False
+    try:
         for backend in backends:
-            say(f"time to accuracy on {backend.device_name} (best preset)...")
-            accuracy.append(bench.time_to_accuracy(data, backend,
-                                                   eval_every=options.accuracy_every))
+            cases_of(as_engine(backend), options, torch_ms, say, cases)
+        kind = "cpu" if options.device.strip().lower() in ("all", "cpu") else options.device
+        for where in clusters:
+            with select_engine(kind, "dask", **where) as engine:
+                cluster_names.append(engine.name)
+                cases_of(engine, options, torch_ms, say, cases)
+        if data is not None:
+            for backend in backends:
+                say(f"time to accuracy on {backend.device_name} (best preset)...")
+                accuracy.append(bench.time_to_accuracy(data, backend,
+                                                       eval_every=options.accuracy_every))
+    except KeyboardInterrupt:  # what was timed so far is reported, not thrown away
+        interrupted = True
+    bench_report.add_speedups(cases)
     if cluster_names:
         machine["clusters"] = cluster_names
     return {"command": options.command_line, "rows": options.rows, "repeats": options.repeats,
             "warmup": options.warmup, "machine": machine, "cases": cases,
-            "accuracy": accuracy}
+            "accuracy": accuracy, **({"interrupted": True} if interrupted else {})}
 

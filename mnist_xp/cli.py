@@ -317,8 +317,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("--csv evaluates the CSV's own images: --dataset and --data-dir are "
                          "not used with it")
     backend = _backend(args)
-    model = MLP.load(args.model, backend)
-    print(f"model: {args.model}: {model.config.describe()}, trained on "
+    saved = read_model_file(args.model)
+    model = MLP.from_host(saved.config, saved.params, backend, saved.dataset)
+    stopped = (f" (a checkpoint after step {saved.meta.get('step')} of that run)"
+               if saved.meta.get("kind") == "checkpoint" else "")
+    print(f"model: {args.model}: {model.config.describe()}{stopped}, trained on "
           f"{model.dataset or 'an unrecorded dataset'}")
     if args.csv is not None:
         images, labels = read_kaggle_csv(args.csv)
@@ -445,8 +448,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         _write_json(args.json, result)
     if args.markdown:
         atomic_write(args.markdown, lambda handle: handle.write(report.encode()))
-    if args.plot:
+    if args.plot and result["cases"]:
         bench_report.plot(result, args.plot)
+    if result.get("interrupted"):
+        written = [str(p) for p in (args.json, args.markdown, args.plot) if p]
+        print(f"interrupted by Ctrl-C: the report above holds the {len(result['cases'])} "
+              f"cases timed before it" + (f", written to {', '.join(written)}" if written
+                                           else ""), file=sys.stderr)
+        return 130
     return 0
 
 

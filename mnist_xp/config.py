@@ -150,6 +150,9 @@ def resolve(base: Config, given: dict[str, Any]) -> Config:
     if "steps" in given:
         given["epochs"] = None
     config = base.replace(**given)
+    if "activation" in given and not config.hidden:
+        raise UsageError(f"--activation {config.activation} is for hidden layers, and this "
+                         f"network has none (--hidden none)")
     if "momentum" in given and config.optimizer != "momentum":
         raise UsageError(f"--momentum is for --optimizer momentum; this run uses "
                          f"{config.optimizer}")

@@ -119,6 +119,9 @@ def _folder(name: str, data_dir: str | Path | None) -> tuple[DatasetSpec, Path]:
     if data_dir is None:
         return spec, cache_dir(name)
     folder = Path(data_dir)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--data-dir {folder}: is a file; give the folder that holds the "
+                         f"four IDX files")
     if not folder.is_dir():
         raise UsageError(f"--data-dir {folder}: no such directory")
     return spec, folder

@@ -231,3 +231,30 @@ def test_bench_times_the_best_preset_to_accuracy(tiny_dir, capsys):
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("| cpu | ") and "%" in line)
     assert row.count("(step ") == 2  # the synthetic digits reach 97% and 98%
+
+
+def test_ctrl_c_in_bench_keeps_what_was_timed(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the second case: the first is in the report and the JSON, which says it
+    was interrupted, the command says so in one line and exits 130; no line says tf32=None
+    (a CPU case has no TF32 mode)."""
+    out_json = tmp_path / "bench.json"
+    real = bench.measure_case
+    calls = []
+
+    def second_is_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure_case", second_is_interrupted)
+    assert main(["bench", "--device", "cpu", "--rows", "300", "--hidden", "16", "8,8",
+                 "--repeats", "2", "--warmup", "1", "--no-accuracy", "--no-torch",
+                 "--json", str(out_json)]) == 130
+    out, err = capsys.readouterr()
+    result = json.loads(out_json.read_text())
+    assert result["interrupted"] is True and [c["hidden"] for c in result["cases"]] == [[16]]
+    assert "| cpu | numpy | 16 | float32 |" in out and "interrupted by Ctrl-C" in out
+    assert err.strip() == (f"interrupted by Ctrl-C: the report above holds the 1 cases timed "
+                           f"before it, written to {out_json}")
+    assert "tf32=" not in out

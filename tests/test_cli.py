@@ -155,6 +155,35 @@ def test_a_run_that_blows_up_without_reaching_infinity_fails(tiny_dir, tmp_path,
     assert "nothing was saved" in err
 
 
+def test_messages_say_what_is_true(tmp_path, tiny_dir, capsys):
+    """A file given as --data-dir is a file, not a missing folder; --activation on a network
+    with no hidden layer is refused, not ignored; a text file given as a model is not a model
+    file, with no advice to load it unsafely."""
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["train", *FAST, "--device", "cpu", "--data-dir",
+                 str(tmp_path / "notes.txt")]) == 2
+    assert "notes.txt: is a file; give the folder that holds the four IDX files" in \
+        capsys.readouterr().err
+    assert main(["train", *FAST, "--hidden", "none", "--activation", "sigmoid", "--device",
+                 "cpu", "--data-dir", str(tiny_dir)]) == 2
+    assert "--activation sigmoid is for hidden layers" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(tmp_path / "notes.txt"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "not an mnist-xp model file" in err and "pickle" not in err
+    checkpoint = tmp_path / "run.npz"
+    assert main(["train", "--preset", "sigmoid128", "--epochs", "10", "--batch-size", "60",
+                 "--steps", "3", "--device", "cpu", "--quiet", "--data-dir", str(tiny_dir),
+                 "--checkpoint", str(checkpoint)]) == 2  # --steps with --epochs: refused
+    capsys.readouterr()
+    assert main(["train", "--preset", "sigmoid128", "--batch-size", "60", "--device", "cpu",
+                 "--quiet", "--data-dir", str(tiny_dir), "--checkpoint", str(checkpoint),
+                 "--steps", "7"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(checkpoint), "--device", "cpu", "--data-dir",
+                 str(tiny_dir)]) == 0
+    assert "(a checkpoint after step 7 of that run)" in capsys.readouterr().out
+
+
 def test_missing_data_dir(tmp_path, capsys):
     assert main(["train", *FAST, "--device", "cpu", "--data-dir", str(tmp_path / "no")]) == 2
     assert "no such directory" in capsys.readouterr().err
