@@ -261,14 +261,6 @@ def _run_settings(args: argparse.Namespace) -> RunSettings:
         checkpoint_every=args.checkpoint_every)
 
 
-def _pace(seconds: float, steps_left: int) -> None:
-    total = seconds * steps_left
-    each = f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
-    left = f"{total / 60:.0f} min" if total >= 90 else f"{total:.0f} s"
-    print(f"pace: {each} per step here; the {steps_left} steps left take about {left}, "
-          f"evaluations not counted", flush=True)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     settings = _run_settings(args)
     config = settings.config
@@ -284,7 +276,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         with stop_on_signals() as stop_requested:
             try:
                 model, history = train(data, engine, settings=settings, progress=not args.quiet,
-                                       should_stop=stop_requested, on_pace=_pace)
+                                       should_stop=stop_requested,
+                                       on_pace=lambda e: print(e.line(), flush=True))
             except Interrupted as exc:
                 signum = signal.SIGTERM if stop_requested() == "SIGTERM" else signal.SIGINT
                 raise Interrupted(str(exc), 128 + signum) from None

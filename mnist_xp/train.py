@@ -26,6 +26,7 @@ from .data import CLASSES, Dataset
 from .engines import Engine, as_engine
 from .errors import DataError, DeviceMemoryError, DivergenceError, Interrupted, MnistXpError
 from .model import MLP
+from .pace import Estimate, Pace
 from .settings import RunSettings, check_run
 from .version import __version__
 
@@ -159,7 +160,7 @@ def train(data: Dataset, backend: Backend | Engine | None = None,
           checkpoint: Path | None = None, checkpoint_every: int | None = None,
           resume: Checkpoint | None = None, progress: bool = False,
           stop_at_accuracy: float | None = None, should_stop: Callable[[], Any] | None = None,
-          on_pace: Callable[[float, int], None] | None = None,
+          on_pace: Callable[[Estimate], None] | None = None,
           **overrides: Any) -> tuple[MLP, History]:
     """Train a network on data.train_*, evaluating on data.test_* every `eval_every` steps.
 
@@ -175,9 +176,10 @@ def train(data: Dataset, backend: Backend | Engine | None = None,
     `stop_at_accuracy` ends the run at the first evaluation whose test accuracy reaches it.
     `should_stop()` is asked after every step: when true (a string names why, e.g.
     "Ctrl-C"), the checkpoint (if any) is written and Interrupted raised, so a stop never
-    leaves a half-applied update behind. `on_pace(seconds_per_step, steps_left)` is called
-    once, early: after the second step of this run (the first pays one-off costs such as
-    compiling), or the first if it is the last. Each history record has `seconds` (wall time
+    leaves a half-applied update behind. `on_pace(estimate)` (pace.Estimate) is called once,
+    early: after the few steps after this run's first (which pays one-off costs such as
+    compiling) whose median is the time per step, with one evaluation timed; and once more,
+    refreshed, if the run proves it far off. Each history record has `seconds` (wall time
     so far) and `train_seconds` (the same without the evaluations). Returns the trained model
     and its history.
     """
@@ -202,7 +204,7 @@ def train(data: Dataset, backend: Backend | Engine | None = None,
 
 def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int | None,
            progress: bool, stop_at_accuracy: float | None,
-           should_stop: Callable[[], Any] | None, on_pace: Callable[[float, int], None] | None
+           should_stop: Callable[[], Any] | None, on_pace: Callable[[Estimate], None] | None
            ) -> tuple[MLP, History]:
     config, resume, total = settings.config, settings.resume, settings.total_steps
     eval_every, log_every = settings.eval_every, settings.log_every
@@ -276,7 +278,15 @@ def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int
         start = here - already
         evaluation_seconds = already - history.last.get("train_seconds", 0.0)
         history.steps, history.first_step = first - 1, first
-        pace_from = first + 1 if total > first else first  # the step whose time is the pace
+        pace = Pace(first, total, eval_every)
+        evaluation_time: float | None = None  # what the last evaluation took
+
+        def time_an_evaluation() -> float:
+            """One evaluation's time, for the pace before the run has made one."""
+            backend.ready(model.params)
+            begin = time.perf_counter()
+            accuracy(model.params, train_split), accuracy(model.params, test_split)
+            return time.perf_counter() - begin
         with tqdm(total=total, initial=first - 1, unit="step", disable=not progress,
                   dynamic_ncols=True) as bar:
             done, done_batches = first - 1, batches.state()  # what model.params hold
@@ -291,9 +301,16 @@ def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int
                     model.params, state, loss = train_step(model.params, state, batch,
                                                            with_loss=logging)
                     done, done_batches = step, batches.state()
-                    if step == pace_from and on_pace is not None:
+                    if on_pace is not None and pace.times_step(step):
                         backend.ready(model.params)
-                        on_pace(time.perf_counter() - step_start, total - step)
+                        seconds = time.perf_counter() - step_start
+                        if step == pace.last_timed and evaluation_time is None:
+                            evaluation_time = time_an_evaluation()
+                            evaluation_seconds += evaluation_time  # not training time
+                        estimate = pace.timed(step, seconds, evaluation_time or 0.0,
+                                              time.perf_counter())
+                        if estimate is not None:
+                            on_pace(estimate)
                     if logging:
                         history.final_loss = _checked_loss(loss, start_loss, step, config.lr,
                                                            last_saved)
@@ -309,7 +326,11 @@ def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int
                         now = time.perf_counter()
                         record["train_seconds"] = evaluation_start - start - evaluation_seconds
                         record["seconds"] = now - start
-                        evaluation_seconds += now - evaluation_start
+                        evaluation_time = now - evaluation_start
+                        evaluation_seconds += evaluation_time
+                        refreshed = pace.check(step, now) if on_pace is not None else None
+                        if refreshed is not None:
+                            on_pace(refreshed)
                         history.records.append(record)
                         bar.set_postfix(loss=f"{history.final_loss:.4f}",
                                         train=f"{history.last['train_accuracy']:.2%}",

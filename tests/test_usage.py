@@ -363,20 +363,24 @@ def test_a_failed_download_is_one_line(tmp_path, monkeypatch):
 
 
 def test_train_prints_its_pace_and_help_names_the_preset_defaults(tiny_dir, capsys):
-    """One pace line, timed on the second of the 6 steps: 4 steps left, and the time it
-    gives for them is 4 times the time per step (as rounded for printing)."""
+    """One pace line, from the median of steps 2 to 6 of 20 (the first pays one-off costs):
+    14 steps and 7 evaluations left (every 2 steps, from 8 to 20), and the time it gives is
+    what they cost at its figures (as rounded for printing)."""
     import re
 
-    assert main(["train", *FAST, "--data-dir", str(tiny_dir)]) == 0
+    assert main(["train", *FAST, "--steps", "20", "--data-dir", str(tiny_dir)]) == 0
     paces = [line for line in capsys.readouterr().out.splitlines() if line.startswith("pace")]
-    assert len(paces) == 1, paces
-    pace = re.fullmatch(r"pace: (\S+) (ms|s) per step here; the (\d+) steps left take about "
-                        r"(\d+) (s|min), evaluations not counted", paces[0])
+    assert len(paces) >= 1 and paces[0].startswith("pace: "), paces
+    pace = re.fullmatch(r"pace: (\S+) (ms|s) per step \(median of (\d)\), (\S+) (ms|s) per "
+                        r"evaluation; the (\d+) steps and (\d+) evaluations left take about "
+                        r"(\d+) (s|min)", paces[0])
     assert pace, paces[0]
     each = float(pace[1]) / (1e3 if pace[2] == "ms" else 1)
-    left, rounding = (float(pace[4]) * 60, 30) if pace[5] == "min" else (float(pace[4]), 0.5)
-    assert int(pace[3]) == 4 and each > 0
-    assert abs(left - 4 * each) <= rounding + 4 * each * 0.005
+    evaluation = float(pace[4]) / (1e3 if pace[5] == "ms" else 1)
+    left, rounding = (float(pace[8]) * 60, 30) if pace[9] == "min" else (float(pace[8]), 0.5)
+    assert int(pace[3]) == 5 and int(pace[6]) == 14 and int(pace[7]) == 7
+    assert each > 0 and evaluation > 0
+    assert abs(left - (14 * each + 7 * evaluation)) <= rounding + 21 * max(each, evaluation) * 0.005
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
@@ -479,3 +483,29 @@ def test_no_output_replaces_an_input(tiny_dir, tiny_data, tmp_path, capsys):
     assert main(["train", *FAST, "--data-dir", str(tiny_dir), "--steps", "9", "--resume",
                  str(run), "--checkpoint", str(run)]) == 0  # kept up to date: allowed
     assert load_checkpoint(run).step == 9
+
+
+def test_the_pace_is_refreshed_once_when_the_run_proves_it_far_off():
+    """Pace against a clock: five steps of 10 ms said, then steps that take 100 ms: the first
+    evaluation after five more steps says the pace again, once, from the run so far."""
+    from mnist_xp.pace import Pace, evaluations_between
+
+    assert evaluations_between(6, 20, 2) == 7 and evaluations_between(6, 21, 5) == 4
+    assert evaluations_between(20, 20, 2) == 0
+    pace = Pace(first=1, total=100, every=10)
+    assert [s for s in range(1, 12) if pace.times_step(s)] == [2, 3, 4, 5, 6]
+    said = None
+    for step in range(2, 7):
+        said = pace.timed(step, 0.010, 0.050, now=1.0)
+    assert said is not None and said.steps_left == 94 and said.evaluations_left == 10
+    assert said.seconds_left == pytest.approx(94 * 0.010 + 10 * 0.050)
+    assert pace.check(10, now=1.0 + 4 * 0.010) is None  # too soon: 4 steps since
+    refreshed = pace.check(20, now=1.0 + 14 * 0.100 + 2 * 0.050)  # 14 steps, 2 evaluations
+    assert refreshed is not None and refreshed.refreshed
+    assert refreshed.seconds_per_step == pytest.approx(0.100)
+    assert refreshed.line().startswith("pace, refreshed: the run so far: 100 ms per step")
+    assert pace.check(30, now=100.0) is None  # once only
+    steady = Pace(first=1, total=100, every=10)
+    for step in range(2, 7):
+        steady.timed(step, 0.010, 0.050, now=1.0)
+    assert steady.check(20, now=1.0 + 14 * 0.010 + 2 * 0.050) is None  # as said
