@@ -66,14 +66,18 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
     names = OPTIMIZERS[config.optimizer].STATE  # read and checked with the parameters
     state = {name: [arrays[f"{name}{i}"] for i in range(len(params))] for name in names}
-    try:
-        step, t = int(meta["step"]), int(meta["optimizer_t"])
-        batches, records = dict(meta["batches"]), list(meta["history"])
-        final_loss = math.nan if meta["final_loss"] is None else float(meta["final_loss"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{path}: bad checkpoint bookkeeping ({exc})") from None
-    if step < 0 or t < 0:
-        raise DataError(f"{path}: bad checkpoint step {step}")
+    for name, kind, what in (("step", int, "a step number"), ("optimizer_t", int,
+                             "a step count"), ("batches", dict, "an object"),
+                             ("history", list, "a list"), ("final_loss", (float, int, type(None)),
+                                                         "a number")):
+        value = meta.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) or (
+                kind is int and value < 0):
+            raise DataError(f"{path}: bad checkpoint bookkeeping (the field '{name}' is not "
+                            f"{what})")
+    step, t = meta["step"], meta["optimizer_t"]
+    batches, records = dict(meta["batches"]), list(meta["history"])
+    final_loss = math.nan if meta["final_loss"] is None else float(meta["final_loss"])
     if batches:
         _check_batches(batches, path)
     return Checkpoint(config, params, step, t, state, batches, records, final_loss,

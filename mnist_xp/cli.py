@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import platform
@@ -30,7 +29,14 @@ from .data import read_kaggle_csv
 from .datasets import DATASETS, load_dataset, load_test_split, train_rows
 from .engines import Engine, select_engine
 from .errors import Interrupted, MnistXpError, UsageError
-from .files import atomic_write, check_distinct, check_not_inputs, check_output, keep_output
+from .files import (
+    atomic_write,
+    check_distinct,
+    check_not_inputs,
+    check_output,
+    json_text,
+    keep_output,
+)
 from .model import MLP
 from .modelfile import read_model_file
 from .plotting import pyplot
@@ -221,7 +227,7 @@ def _backend(args: argparse.Namespace) -> Backend:
 
 
 def _write_json(path: Path, value: Any) -> None:
-    text = json.dumps(value, indent=2) + "\n"
+    text = json_text(value)
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
@@ -293,8 +299,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if problem is None:
             print(f"saved model to {args.save}")
     if args.metrics_out:
-        text = json.dumps(run_metrics(args.preset, settings, data.name, engine, history, traffic),
-                          indent=2) + "\n"
+        text = json_text(run_metrics(args.preset, settings, data.name, engine, history,
+                                     traffic))
         problem = keep_output(args.metrics_out, "--metrics-out", lambda h: h.write(text.encode()))
         problems.append(problem)
         if problem is None:
@@ -379,7 +385,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             sys.stdout.write(text)
     name_of = (lambda k: f"{k} {classes[k]}") if classes else str
     if args.json:
-        print(json.dumps(as_json(results, classes), indent=2))
+        print(json_text(as_json(results, classes)), end="")
     elif not csvs:
         for r in results:
             top = ", ".join(f"{name_of(k)}: {p:.1%}" for k, p in r["top3"])

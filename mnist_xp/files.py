@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
+import math
 import os
 import secrets
 import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .errors import UsageError
 
@@ -156,3 +158,18 @@ def check_not_inputs(outputs: list[tuple[str, Path | None]],
             raise UsageError(f"{writer} would replace {given[Path(path).resolve()]}, an input "
                              f"of this command: an output never replaces an input; write it "
                              f"elsewhere")
+
+
+def json_text(value: Any) -> str:
+    """value as JSON text that any JSON reader accepts: a float that is not finite (NaN,
+    infinity, which json.dumps would write as bare NaN or Infinity) becomes null."""
+    def finite(item: Any) -> Any:
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: finite(v) for key, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [finite(v) for v in item]
+        return item
+
+    return json.dumps(finite(value), indent=2, allow_nan=False) + "\n"

@@ -167,6 +167,9 @@ def _rewrite(path, target, change):
                                                   "seed": float("inf")}}))),
      "Infinity is not a number JSON allows"),
     (lambda a: a.__setitem__("meta", np.array(json.dumps(
+        {**json.loads(str(a["meta"])), "step": "ab"}))),
+     "the field 'step' is not a step number"),
+    (lambda a: a.__setitem__("meta", np.array(json.dumps(
         {**json.loads(str(a["meta"])), "batches": {"rng": {"state": 1}, "position": 3}}))),
      "the field 'batches.rng' is not a generator state"),
     (lambda a: a["param1"].__setitem__(0, np.nan), "param1 hold NaN or infinity"),

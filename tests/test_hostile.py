@@ -122,3 +122,15 @@ def test_meta_that_is_too_large_is_refused_unread(good_model, tmp_path):
     with traced_peak() as peak, pytest.raises(DataError, match="declares .* more than its"):
         read_model_file(path)
     assert peak[0] < 4 << 20
+
+
+def test_json_output_never_holds_nan():
+    """A rate of a run that took no measurable time (infinity), a loss never read (NaN): null
+    in the JSON, which any reader accepts; json.dumps would write bare Infinity and NaN."""
+    from mnist_xp.files import json_text
+
+    text = json_text({"steps_per_second": float("inf"), "history": [{"loss": float("nan")}],
+                      "ok": 1.5, "pair": (float("-inf"), 2)})
+    assert json.loads(text) == {"steps_per_second": None, "history": [{"loss": None}],
+                                "ok": 1.5, "pair": [None, 2]}
+    assert "NaN" not in text and "Infinity" not in text
