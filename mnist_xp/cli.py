@@ -24,7 +24,7 @@ import numpy as np
 
 from .backends import CHOICES, Backend, select_backend
 from .checkpoint import load_checkpoint
-from .config import DTYPES, Config, flag
+from .config import DTYPES, Config, flag, parse_hidden
 from .data import read_kaggle_csv
 from .datasets import DATASETS, load_dataset, load_test_split, train_rows
 from .engines import Engine, select_engine
@@ -47,28 +47,6 @@ from .train import evaluate, run_metrics, train
 from .version import __version__
 
 
-def _hidden(text: str) -> tuple[int, ...]:
-    """'256,128' -> (256, 128); '' or 'none' -> () (no hidden layer)."""
-    if text.strip().lower() in ("", "none"):
-        return ()
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes like 256,128, got {text!r}") from None
-
-
-def _batch_size(text: str) -> int | str:
-    if text == "full":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'full' or a number, got {text!r}") from None
-
-
-PARSERS = {"hidden": _hidden, "batch_size": _batch_size}  # the Config fields typed by name
-
-
 def _add_flags(parser: argparse.ArgumentParser, settings: type, names: tuple[str, ...] = ()
                ) -> None:
     """One flag per field (of those named, else all) of a settings dataclass, from the field's
@@ -76,9 +54,7 @@ def _add_flags(parser: argparse.ArgumentParser, settings: type, names: tuple[str
     for field in dataclasses.fields(settings):
         if names and field.name not in names:
             continue
-        options = dict(field.metadata["flag"])
-        options["type"] = PARSERS.get(options.get("type"), options.get("type"))
-        parser.add_argument(flag(field.name), **options)
+        parser.add_argument(flag(field.name), **field.metadata["flag"])
 
 
 def _add_device(parser: argparse.ArgumentParser) -> None:
@@ -182,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto (NumPy on the CPU, CuPy on CUDA; default), all (every "
                             "installed library on every device it can use), or some of "
                             f"{', '.join(CHOICES)}")
-    bench.add_argument("--hidden", type=_hidden, nargs="+", default=[(10,), (128,), (800,)],
+    bench.add_argument("--hidden", type=parse_hidden, nargs="+", default=[(10,), (128,), (800,)],
                        metavar="SIZES", help="networks to time, each a hidden-size list like 128 "
                                              "or 1024,256 (default: 10 128 800)")
     bench.add_argument("--dtype", choices=DTYPES, default="float32")
@@ -339,28 +315,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .images import need_pillow
-    from .predict import as_json, predict_inputs, submission
+    from .predict import as_json, check_inputs, predict_inputs, submission
 
-    csvs = [path for path in args.inputs if path.suffix.lower() == ".csv"]
-    if csvs and len(args.inputs) > 1:
-        raise UsageError("a Kaggle CSV is predicted on its own: pass one .csv and nothing else")
-    if args.submission and not csvs:
-        raise UsageError("--submission is for a Kaggle CSV input")
-    check_output(args.submission, "--submission", "submission.csv")
-    inputs = [("--model", args.model), *(("the input", path) for path in args.inputs)]
-    check_not_inputs([(f"--submission {args.submission}", args.submission)], inputs)
-    if args.show_preprocessed is not None:  # its pictures are named after the inputs
-        check_not_inputs([(f"--show-preprocessed {args.show_preprocessed}'s {path.stem}.png",
-                           args.show_preprocessed / f"{path.stem}.png") for path in args.inputs],
-                         inputs)
-    pictures = [p for p in args.inputs if p.suffix.lower() not in (".csv", ".npy")]
-    if pictures:
-        need_pillow(f"reading {pictures[0]}")
-    if args.show_preprocessed is not None:
-        need_pillow("--show-preprocessed")
-        if args.show_preprocessed.exists() and not args.show_preprocessed.is_dir():
-            raise UsageError(f"--show-preprocessed {args.show_preprocessed}: not a folder")
+    csvs, pictures = check_inputs(args.inputs, args.model, args.submission,
+                                  args.show_preprocessed)
     backend = select_backend(args.device, args.backend)
     model = MLP.load(args.model, backend)
     classes = DATASETS[model.dataset].classes if model.dataset in DATASETS else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -16,10 +17,29 @@ DTYPES = ("float32", "float64")
 FROM_PRESET = "default: the preset's"
 
 
+def parse_hidden(text: str) -> tuple[int, ...]:
+    """--hidden: '256,128' -> (256, 128); '' or 'none' -> () (no hidden layer)."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 256,128, got {text!r}") from None
+
+
+def parse_batch_size(text: str) -> int | str:
+    """--batch-size: 'full' (kept as the word, None in a Config) or a number."""
+    if text == "full":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'full' or a number, got {text!r}") from None
+
+
 def setting(default: Any, **flag: Any) -> Any:
-    """A dataclass field with its command-line flag's argparse settings (help, choices, type:
-    a type or the name of a parser in mnist_xp.cli), from which `mnist-xp train` makes its
-    flags: one place for each setting."""
+    """A dataclass field with its command-line flag's argparse settings (help, choices,
+    type), from which `mnist-xp train` makes its flags: one place for each setting."""
     return dataclasses.field(default=default, metadata={"flag": flag})
 
 
@@ -33,7 +53,7 @@ class Config:
     """
 
     hidden: tuple[int, ...] = setting(
-        (128,), type="hidden", metavar="SIZES",
+        (128,), type=parse_hidden, metavar="SIZES",
         help=f"hidden layer sizes, e.g. 256,128, or none ({FROM_PRESET})")
     activation: str = setting("relu", choices=HIDDEN_ACTIVATIONS, help=FROM_PRESET)
     output: str = setting("softmax", choices=OUTPUTS, help=FROM_PRESET)
@@ -48,7 +68,7 @@ class Config:
         500, type=int, help=f"optimizer steps; on a preset counted in epochs, the run's length "
                             f"in steps instead ({FROM_PRESET})")
     batch_size: int | None = setting(
-        None, type="batch_size", metavar="full|N",
+        None, type=parse_batch_size, metavar="full|N",
         help=f"'full' (every training image each step) or N for shuffled mini-batches "
              f"({FROM_PRESET})")
     epochs: int | None = setting(

@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DataError, MnistXpError
-from .images import read_digits, write_digit_pictures
+from .errors import DataError, MnistXpError, UsageError
+from .files import check_not_inputs, check_output
+from .images import need_pillow, read_digits, write_digit_pictures
 from .model import MLP
 
 
@@ -18,6 +19,31 @@ def top3(probabilities: np.ndarray) -> list[tuple[int, float]]:
     """The three likeliest classes and their probabilities, likeliest first."""
     order = np.argsort(-probabilities, kind="stable")[:3]
     return [(int(k), float(probabilities[k])) for k in order]
+
+
+def check_inputs(inputs: list[Path], model: Path, submission: Path | None,
+                 show_preprocessed: Path | None) -> tuple[list[Path], list[Path]]:
+    """predict's inputs and outputs, refused before any work where they cannot go together;
+    returns the CSV inputs and the pictures among them."""
+    csvs = [path for path in inputs if path.suffix.lower() == ".csv"]
+    if csvs and len(inputs) > 1:
+        raise UsageError("a Kaggle CSV is predicted on its own: pass one .csv and nothing else")
+    if submission and not csvs:
+        raise UsageError("--submission is for a Kaggle CSV input")
+    check_output(submission, "--submission", "submission.csv")
+    named = [("--model", model), *(("the input", path) for path in inputs)]
+    check_not_inputs([(f"--submission {submission}", submission)], named)
+    if show_preprocessed is not None:  # its pictures are named after the inputs
+        check_not_inputs([(f"--show-preprocessed {show_preprocessed}'s {path.stem}.png",
+                           show_preprocessed / f"{path.stem}.png") for path in inputs], named)
+    pictures = [p for p in inputs if p.suffix.lower() not in (".csv", ".npy")]
+    if pictures:
+        need_pillow(f"reading {pictures[0]}")
+    if show_preprocessed is not None:
+        need_pillow("--show-preprocessed")
+        if show_preprocessed.exists() and not show_preprocessed.is_dir():
+            raise UsageError(f"--show-preprocessed {show_preprocessed}: not a folder")
+    return csvs, pictures
 
 
 def predict_inputs(model: MLP, inputs: list[Path], on_error: Callable[[MnistXpError], None],
