@@ -134,3 +134,24 @@ def test_json_output_never_holds_nan():
     assert json.loads(text) == {"steps_per_second": None, "history": [{"loss": None}],
                                 "ok": 1.5, "pair": [None, 2]}
     assert "NaN" not in text and "Infinity" not in text
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=2000), st.sampled_from([".png", ".jpg", ".gif", ".bmp", ".webp"]),
+       st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM",
+                        b"%!PS-Adobe-3.0 EPSF-3.0\n"]))
+def test_random_picture_bytes_give_one_data_error(tmp_path, raw, suffix, magic):
+    """Any bytes under a picture's name (behind a real format's magic, or PostScript's): a
+    digit or one DataError, never another exception."""
+    pytest.importorskip("PIL")
+    from mnist_xp.images import read_digits
+
+    path = tmp_path / f"fuzz{suffix}"
+    path.write_bytes(magic + raw)
+    try:
+        digits, _ = read_digits(path)
+    except DataError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert digits.shape == (1, 784)
