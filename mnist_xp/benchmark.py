@@ -30,8 +30,10 @@ def check_options(options: Namespace) -> None:
         raise UsageError("--chunk-size must be at least 1")
     if options.workers or options.scheduler:
         device = "cpu" if options.device.strip().lower() == "all" else options.device
+        tls = (options.tls_ca, options.tls_cert, options.tls_key)
         for workers in options.workers or [None]:
-            check_cluster(device, " ".join(options.backend), workers, options.scheduler)
+            check_cluster(device, " ".join(options.backend), workers, options.scheduler,
+                          options.dashboard, tls)
         if device.strip().lower().startswith("cuda") and \
                 importlib.util.find_spec("dask_cuda") is None:
             raise BackendError('--backend dask --device cuda needs dask-cuda: pip install '
@@ -133,8 +135,10 @@ def run(options: Namespace, say: Say) -> dict[str, Any]:
     if options.workers or options.scheduler:  # NumPy here, then each cluster in turn
         logging.getLogger("distributed").setLevel(logging.WARNING)
         backends = [select_backend("cpu")]
-        clusters = [{"workers": n} for n in options.workers or []]
-        clusters += [{"scheduler": options.scheduler}] if options.scheduler else []
+        clusters = [{"workers": n, "dashboard": options.dashboard}
+                    for n in options.workers or []]
+        clusters += [{"scheduler": options.scheduler, "tls": (
+            options.tls_ca, options.tls_cert, options.tls_key)}] if options.scheduler else []
     else:
         backends, clusters = backends_to_time(options.device, options.backend, say), []
     machine = bench.machine_description(backends)  # before a cluster sets BLAS threads to 1

@@ -73,7 +73,14 @@ def _add_cluster(parser: argparse.ArgumentParser, many: bool = False) -> None:
                                                                   "cluster each)" if many else ""))
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="with --backend dask: train on the running Dask cluster whose "
-                             "scheduler is at ADDRESS, e.g. tcp://10.0.0.5:8786")
+                             "scheduler is at ADDRESS, e.g. tls://10.0.0.5:8786 (tcp, tls, "
+                             "inproc or ucx)")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="with --workers: serve the cluster's dashboard (on loopback only)")
+    for name, what in (("ca", "the certificate authority to trust a tls:// scheduler by"),
+                       ("cert", "this client's certificate for a tls:// scheduler"),
+                       ("key", "this client's private key for a tls:// scheduler")):
+        parser.add_argument(f"--tls-{name}", type=Path, metavar="FILE", help=what)
 
 
 def _add_data(parser: argparse.ArgumentParser, default: str = "mnist") -> None:
@@ -191,10 +198,15 @@ def _engine(args: argparse.Namespace) -> Engine:
     workers, scheduler = getattr(args, "workers", None), getattr(args, "scheduler", None)
     if workers or scheduler:
         logging.getLogger("distributed").setLevel(logging.WARNING)  # a worker lost, not chatter
-    engine = select_engine(args.device, args.backend, workers=workers, scheduler=scheduler)
+    engine = select_engine(args.device, args.backend, workers=workers, scheduler=scheduler,
+                           dashboard=getattr(args, "dashboard", False), tls=_tls(args))
     note = f" ({engine.note})" if engine.note else ""
     print(f"device: {engine.name}{note}")
     return engine
+
+
+def _tls(args: argparse.Namespace) -> tuple[Path | None, ...]:
+    return tuple(getattr(args, f"tls_{name}", None) for name in ("ca", "cert", "key"))
 
 
 def _backend(args: argparse.Namespace) -> Backend:

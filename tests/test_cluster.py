@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,11 +199,24 @@ def test_cluster_flags_are_checked(flags, error, message, tiny_dir, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_no_scheduler_at_the_address_is_one_line(monkeypatch):
+def test_no_scheduler_at_the_address_is_one_line_within_seconds():
+    """A port that refuses connections: one line at once, not after distributed's retries."""
+    import time
+
     importorskip("distributed")
-    monkeypatch.setattr("mnist_xp.cluster.connect.CONNECT_TIMEOUT_S", 2)
-    with pytest.raises(BackendError, match="--scheduler tcp://127.0.0.1:9: no Dask scheduler"):
+    begin = time.perf_counter()
+    with pytest.raises(BackendError, match="--scheduler tcp://127.0.0.1:9: nothing listens "
+                                           "there \\(connection refused\\)"):
         select_engine("cpu", "dask", scheduler="tcp://127.0.0.1:9")
+    assert time.perf_counter() - begin < 5
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:8786", "ws://host:1", "127.0.0.1:8786"])
+def test_only_schemes_dask_speaks_are_accepted(address):
+    importorskip("distributed")
+    with pytest.raises(BackendError, match="with a scheme Dask speaks \\(tcp, tls, inproc, "
+                                           "ucx\\)"):
+        select_engine("cpu", "dask", scheduler=address)
 
 
 @pytest.mark.parametrize("address", ["foo", "tcp://127.0.0.1:notaport"])
@@ -280,3 +294,109 @@ def test_sigterm_stops_a_cluster_run_with_its_checkpoint(tiny_dir, tmp_path, to)
     assert process.returncode == 143, err
     assert "stopped by SIGTERM after step" in err and "Traceback" not in err
     assert load_checkpoint(path).step >= 2
+
+
+def _listening(pids: set[int]) -> list[str]:
+    """The local addresses these processes listen on (ss -ltnp)."""
+    out = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
+    return [line.split()[3] for line in out.splitlines()
+            if any(f"pid={pid}," in line for pid in pids)]
+
+
+def test_a_local_cluster_lets_no_one_in(cluster, tmp_path):
+    """Its scheduler, workers and HTTP servers listen on loopback only (ss -ltnp); it speaks
+    TLS with this run's credentials, so a client without them cannot join it or submit work;
+    and without --dashboard its HTTP servers serve no pages (no worker list, logs or stacks)."""
+    import urllib.error
+    import urllib.request
+
+    if not shutil.which("ss"):
+        pytest.skip("ss (iproute2) is not installed")
+    pids = {os.getpid(), *(p for p in cluster.client.run(os.getpid).values())}
+    addresses = _listening(pids)
+    assert len(addresses) >= 3 and all(a.startswith("127.0.0.1:") for a in addresses), addresses
+    scheduler = cluster.client.scheduler.address
+    assert scheduler.startswith("tls://127.0.0.1:")
+    marker = tmp_path / "intruder-ran"
+    for address in (scheduler, scheduler.replace("tls://", "tcp://")):
+        attempt = (f"from distributed import Client\n"
+                   f"client = Client({address!r}, timeout=5)\n"
+                   f"client.run(lambda: open({str(marker)!r}, 'w').write('in'))\n")
+        intruder = subprocess.run([sys.executable, "-c", attempt], capture_output=True,
+                                  timeout=120)
+        assert intruder.returncode != 0 and not marker.exists()
+    port = cluster.client.scheduler_info()["services"].get("dashboard")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/info/main/workers.html", timeout=5)
+    assert refused.value.code == 404
+
+
+def _credentials(folder):
+    """Two sets of TLS files made for the test (a CA that signs a certificate, and its key)."""
+    from distributed.security import Security
+
+    made = {}
+    for name in ("good", "other"):
+        security = Security.temporary()
+        files = []
+        for part, text in (("ca", security.tls_ca_file), ("cert", security.tls_client_cert),
+                           ("key", security.tls_client_key)):
+            path = folder / f"{name}-{part}.pem"
+            path.write_text(text)
+            files.append(path)
+        made[name] = files
+    return made
+
+
+def test_tls_end_to_end_on_a_cluster_started_with_dasks_own_command_line(tmp_path, tiny_dir,
+                                                                          capsys):
+    """`dask scheduler` and `dask worker` with certificates the test makes: the run trains
+    with --tls-ca/--tls-cert/--tls-key, and wrong or missing credentials are one line each."""
+    import socket
+    import time
+
+    importorskip("distributed")
+    creds = _credentials(tmp_path)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tls = ["--tls-ca-file", str(creds["good"][0]), "--tls-cert", str(creds["good"][1]),
+           "--tls-key", str(creds["good"][2]), "--no-dashboard"]
+    scheduler = subprocess.Popen(["dask", "scheduler", "--protocol", "tls", "--host",
+                                  "127.0.0.1", "--port", str(port), *tls],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"tls://127.0.0.1:{port}"
+    worker = None
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        worker = subprocess.Popen(["dask", "worker", address, "--nthreads", "1", *tls],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        flags = ["train", "--backend", "dask", "--scheduler", address, "--preset", "relu10",
+                 "--steps", "5", "--quiet", "--device", "cpu", "--data-dir", str(tiny_dir)]
+        good = ["--tls-ca", str(creds["good"][0]), "--tls-cert", str(creds["good"][1]),
+                "--tls-key", str(creds["good"][2])]
+        deadline = time.time() + 60
+        while main([*flags, *good]) != 0:
+            assert time.time() < deadline, capsys.readouterr().err  # the worker joins
+            time.sleep(1)
+        assert "done: 5 steps" in capsys.readouterr().out
+        other = ["--tls-ca", str(creds["other"][0]), "--tls-cert", str(creds["other"][1]),
+                 "--tls-key", str(creds["other"][2])]
+        for extra, message in ((other, "the TLS handshake failed"),
+                               ([], "needs this client's credentials: --tls-ca FILE"),
+                               (good[:4] + ["--tls-key", str(tmp_path / "absent.pem")],
+                                "--tls-key " + str(tmp_path / "absent.pem") + ": no such file"),
+                               (good[:2], "--tls-ca, --tls-cert and --tls-key go together")):
+            assert main([*flags, *extra]) == 2
+            err = capsys.readouterr().err
+            assert message in err and err.count("\n") == 1, err
+    finally:
+        for process in (worker, scheduler):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)

@@ -2,7 +2,7 @@
 workers, only parameters and gradients on the wire. engine.py runs here, worker.py on the
 workers, connect.py starts a LocalCluster or joins a running scheduler."""
 
-from .connect import start
+from .connect import Credentials, start
 from .engine import ClusterEngine, ClusterError, Traffic
 
-__all__ = ["ClusterEngine", "ClusterError", "Traffic", "start"]
+__all__ = ["ClusterEngine", "ClusterError", "Credentials", "Traffic", "start"]

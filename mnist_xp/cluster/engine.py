@@ -59,6 +59,7 @@ FAN_IN = 4  # partial sums added at a time in the tree on the workers (and at mo
 REACH_TIMEOUT_S = 20  # the deadline for reaching a worker directly
 RETRIES = 3  # attempts at a step or an evaluation when a worker leaves during it
 RETRY_WAIT_S = 1.0
+WORKERS_GONE_S = 10  # how long a cluster may show no worker before the run stops
 
 
 class WorkerLeft(OSError):
@@ -211,7 +212,17 @@ class ClusterEngine:
 
     @property
     def workers(self) -> list[str]:
-        return list(self.client.scheduler_info()["workers"])
+        """The workers' addresses. The client's copy of the scheduler's information is
+        refreshed in the background and can be empty for an instant: asked again then, and
+        a cluster with no worker for WORKERS_GONE_S is one line (ClusterError)."""
+        deadline = time.monotonic() + WORKERS_GONE_S
+        while True:
+            workers = list(self.client.scheduler_info()["workers"])
+            if workers:
+                return workers
+            if time.monotonic() > deadline:
+                raise ClusterError("the cluster has no worker left")
+            time.sleep(0.1)
 
     def close(self) -> None:
         """Disconnect, and shut down the LocalCluster this engine started."""
