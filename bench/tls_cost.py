@@ -10,6 +10,7 @@ import sys
 
 import dask
 from distributed import Client, LocalCluster
+
 from mnist_xp.bench import measure_case
 from mnist_xp.cluster import ClusterEngine, start
 
@@ -32,4 +33,5 @@ if __name__ == "__main__":
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"median of {rounds}: tls {med['tls']:.1f} ms, tcp {med['tcp']:.1f} ms, "
           f"tls/tcp {med['tls'] / med['tcp']:.3f}")
-    tls.close(); plain.close()
+    tls.close()
+    plain.close()
