@@ -5,6 +5,7 @@ with its keyword arguments, or takes the RunSettings the command line already ch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from .checkpoint import Checkpoint
 from .config import LENGTH, Config, resolve, resumed, setting
 from .errors import UsageError
 from .presets import get_preset
+
+MAX_CHUNKS = 4096  # chunks a step's rows may be cut into (each costs a pass, or a Dask task)
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,14 @@ def check_run(preset: str | Config | None = None, given: dict[str, Any] | None =
             raise UsageError(f"--dataset {dataset}: the checkpoint's run trains on "
                              f"{resume.dataset}")
         dataset = resume.dataset or dataset or "mnist"
-    total = config.total_steps(train_rows(dataset))  # a batch larger than the set is refused
+    rows = train_rows(dataset)
+    total = config.total_steps(rows)  # a batch larger than the set is refused
+    per_step = config.batch_size or rows * config.augment
+    chunks = math.ceil(per_step / chunk_size) if chunk_size else 1
+    if chunks > MAX_CHUNKS:
+        raise UsageError(f"--chunk-size {chunk_size} cuts each step's {per_step:,} rows into "
+                         f"{chunks:,} chunks, each a pass of its own; at most {MAX_CHUNKS:,}: "
+                         f"use --chunk-size {math.ceil(per_step / MAX_CHUNKS)} or more")
     if resume is not None and resume.step >= total:
         raise UsageError(f"the checkpoint is already at step {resume.step} of {total}: pass "
                          f"--steps above {resume.step} to train further")

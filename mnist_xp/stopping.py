@@ -26,13 +26,16 @@ def signal_name(signum: int) -> str:
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[Callable[[], str | None]]:
-    """Within the block, the first Ctrl-C or SIGTERM is a request to stop (said on stderr);
-    the command then exits 128 + the signal's number (130, 143). A second one raises Abort.
+    """Within the block, once training has asked whether to stop (after its first step), the
+    first Ctrl-C or SIGTERM is a request to stop after the step (said on stderr); the command
+    then exits 128 + the signal's number (130, 143). A second one, or one while the run is
+    still setting up (placing the data, compiling), raises Abort: nothing is lost there.
     Yields a function naming the signal that asked ("Ctrl-C", "SIGTERM"), or None."""
     requested: list[int] = []
+    training: list[bool] = []  # asked once: the steps have begun
 
     def handler(signum: int, frame: Any) -> None:
-        if requested:
+        if requested or not training:  # a second signal, or one before any step: at once
             raise Abort(signum)
         requested.append(signum)
         name = signal_name(signum)
@@ -40,6 +43,7 @@ def stop_on_signals() -> Iterator[Callable[[], str | None]]:
               file=sys.stderr)
 
     def asked() -> str | None:
+        training.append(True)
         return signal_name(requested[0]) if requested else None
 
     if threading.current_thread() is not threading.main_thread():

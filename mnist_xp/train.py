@@ -115,17 +115,39 @@ class Batches:
 
 
 def estimated_bytes(config: Config, train_rows: int, test_rows: int, chunk_rows: int) -> int:
-    """Device memory a run needs, roughly: both splits as floats with one-hot labels; the
+    """Device memory a run needs, roughly: both splits (the training set's augmented copies
+    too) as floats with one-hot labels; the
     parameters, their gradients, a chunk's gradients and the updated parameters, with the
     optimizer's state twice (the update makes the new state beside the old); and one chunk's
     activations, slopes and backward temporaries."""
     itemsize = 8 if config.dtype == "float64" else 4
     sizes = config.sizes
-    data = (train_rows + test_rows) * ((sizes[0] + sizes[-1]) * itemsize + 8)
+    data = (train_rows * config.augment + test_rows) * ((sizes[0] + sizes[-1]) * itemsize + 8)
     params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
     state = {"adam": 2, "momentum": 1}.get(config.optimizer, 0)
     per_row = 2 * sum(sizes[1:-1]) + 3 * sizes[-1] + 2 * max(sizes[1:])
     return data + (4 + 2 * state) * params * itemsize + chunk_rows * per_row * itemsize
+
+
+def check_fits(config: Config, data: Dataset, engine: Engine, chunk_rows: int) -> None:
+    """Refuse, before anything is built, a run whose data and step cannot fit the memory its
+    device has left (with --augment K the training set is there K times, and built as uint8
+    on the host first): one line with both figures. A cluster spreads the copies over its
+    workers, and a device that does not say what it has left is not checked."""
+    available = engine.backend.memory_available() if engine.traffic() is None else None
+    if available is None:
+        return
+    need = estimated_bytes(config, len(data.train_labels), len(data.test_labels), chunk_rows)
+    if config.augment > 1:
+        need += len(data.train_labels) * config.augment * data.train_images.shape[1]
+    if need > available:
+        copies = (f" ({config.augment} copies of the training set)" if config.augment > 1
+                  else "")
+        raise DeviceMemoryError(
+            f"this run needs about {need / 2**30:.1f} GiB{copies}, and "
+            f"{engine.device_name} has {available / 2**30:.1f} GiB left: use fewer copies "
+            f"(--augment), a smaller --hidden or --chunk-size, or a cluster (--workers N or "
+            f"--scheduler ADDRESS), which spreads the copies over its workers")
 
 
 def _out_of_memory(config: Config, data: Dataset, chunk_rows: int) -> DeviceMemoryError:
@@ -192,6 +214,8 @@ def train(data: Dataset, backend: Backend | Engine | None = None,
     engine = as_engine(backend or select_backend("auto"))
     engine.backend.check_dtype(settings.config.dtype)
     chunk_size = engine.default_chunk_rows if settings.chunk_size is None else settings.chunk_size
+    check_fits(settings.config, data, engine,
+               chunk_size or settings.config.batch_size or len(data.train_labels))
     try:
         return _train(data, engine, settings, chunk_size, progress, stop_at_accuracy,
                       should_stop, on_pace)
@@ -273,6 +297,8 @@ def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int
             return Interrupted(f"stopped{by} after step {step} of {total}: {where}")
 
         model.params, state = backend.ready((model.params, state))
+        if asked_to_stop():  # asked once now, set up: a stop from here on waits for its step
+            raise stopped(asked_to_stop(), first - 1, None)
         already = history.last.get("seconds", 0.0)
         here = time.perf_counter()
         start = here - already

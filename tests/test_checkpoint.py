@@ -269,3 +269,38 @@ def test_weights_that_are_not_finite_are_never_written(tiny_data, tmp_path):
     with pytest.raises(DivergenceError, match="param2 hold NaN or infinity, so nothing was"):
         model.save(tmp_path / "m.npz")
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_a_stop_while_setting_up_stops_at_once(tiny_data, tmp_path):
+    """SIGTERM while the data is being placed (a cluster's chunks, a big --augment): no
+    waiting for a first step that may be minutes away; nothing is saved."""
+    script = tmp_path / "slow_setup.py"
+    script.write_text(
+        "import sys, time\n"
+        "import mnist_xp.step as step\n"
+        "real = step.to_device\n"
+        "def slow(*args, **kwargs):\n"
+        "    print('placing', flush=True)\n"
+        "    time.sleep(60)\n"
+        "    return real(*args, **kwargs)\n"
+        "step.to_device = slow\n"
+        "from mnist_xp.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    from helpers import write_dataset
+
+    write_dataset(tmp_path / "tiny", tiny_data)
+    process = subprocess.Popen(
+        [sys.executable, str(script), "train", "--preset", "relu10", "--device", "cpu",
+         "--quiet", "--data-dir", str(tmp_path / "tiny"), "--checkpoint",
+         str(tmp_path / "run.npz")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if line.startswith("placing"):
+            break
+    begin = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert time.monotonic() - begin < 10
+    assert err.strip() == "stopped at once by SIGTERM: nothing more was saved"
+    assert not (tmp_path / "run.npz").exists()

@@ -509,3 +509,22 @@ def test_the_pace_is_refreshed_once_when_the_run_proves_it_far_off():
     for step in range(2, 7):
         steady.timed(step, 0.010, 0.050, now=1.0)
     assert steady.check(20, now=1.0 + 14 * 0.010 + 2 * 0.050) is None  # as said
+
+
+def test_guards_refuse_what_a_machine_cannot_do(tiny_dir, capsys, monkeypatch):
+    """A chunk size that cuts a step into thousands of passes, and an --augment whose copies
+    do not fit the memory left: each refused in one line before anything is built."""
+    assert main(["train", *FAST, "--data-dir", str(tiny_dir), "--augment", "20",
+                 "--chunk-size", "1"]) == 2
+    assert ("--chunk-size 1 cuts each step's 4,800 rows into 4,800 chunks, each a pass of its "
+            "own; at most 4,096: use --chunk-size 2 or more") in capsys.readouterr().err
+    from mnist_xp.backends import Backend
+
+    available = numpy_backend().memory_available()
+    assert available is None or available > 64 << 20  # MemAvailable, read where Linux has it
+    monkeypatch.setattr(Backend, "memory_available", lambda self: 1 << 20)
+    assert main(["train", *FAST, "--data-dir", str(tiny_dir), "--augment", "3"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: this run needs about ") and err.count("\n") == 1
+    assert "(3 copies of the training set), and cpu has 0.0 GiB left" in err
+    assert "a cluster (--workers N or --scheduler ADDRESS), which spreads the copies" in err

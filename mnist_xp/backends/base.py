@@ -214,6 +214,20 @@ class Backend:
             peak[0] = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
 
+    def memory_available(self) -> int | None:
+        """Bytes the device can still give, where known: here, the host's available memory
+        (Linux's MemAvailable), which is where a CPU library's arrays live."""
+        if self.on_gpu:
+            return None
+        try:
+            with open("/proc/meminfo") as lines:
+                for line in lines:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
     def is_out_of_memory(self, exc: BaseException) -> bool:
         """Whether exc means that the device ran out of memory."""
         return isinstance(exc, MemoryError)

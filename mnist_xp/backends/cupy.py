@@ -148,6 +148,13 @@ class CupyBackend(Backend):
             finally:
                 peak[0] = highest[0] - before
 
+    def memory_available(self) -> int | None:
+        """The GPU's free memory, with what CuPy's pool holds free for reuse."""
+        with self.activate():
+            free, _ = cupy.cuda.runtime.memGetInfo()
+            pool = cupy.get_default_memory_pool()
+            return int(free + pool.total_bytes() - pool.used_bytes())
+
     def is_out_of_memory(self, exc: BaseException) -> bool:
         return is_out_of_memory(exc)
 
