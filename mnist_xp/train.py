@@ -196,12 +196,13 @@ def train(data: Dataset, backend: Backend | Engine | None = None,
     `checkpoint_every` steps and at the end; `resume` (from load_checkpoint) continues a run.
 
     `stop_at_accuracy` ends the run at the first evaluation whose test accuracy reaches it.
-    `should_stop()` is asked after every step: when true (a string names why, e.g.
-    "Ctrl-C"), the checkpoint (if any) is written and Interrupted raised, so a stop never
-    leaves a half-applied update behind. `on_pace(estimate)` (pace.Estimate) is called once,
-    early: after the few steps after this run's first (which pays one-off costs such as
-    compiling) whose median is the time per step, with one evaluation timed; and once more,
-    refreshed, if the run proves it far off. Each history record has `seconds` (wall time
+    `should_stop()` is asked once when the run is set up (before its first step) and after
+    every step: when true (a string names why, e.g. "Ctrl-C"), the checkpoint (if any) is
+    written and Interrupted raised, so a stop never leaves a half-applied update behind.
+    `on_pace(estimate)` (pace.Estimate) is called once, early: after the few steps after
+    this run's first (which pays one-off costs such as compiling) whose median is the time
+    per step, with one evaluation timed; and once more, refreshed, if the run proves it far
+    off. Each history record has `seconds` (wall time
     so far) and `train_seconds` (the same without the evaluations). Returns the trained model
     and its history.
     """

@@ -64,9 +64,9 @@ def test_checkpoint_every_k_steps_and_stop_request(tiny_data, tmp_path):
     path = tmp_path / "run.npz"
     calls = []
 
-    def stop_after_five() -> bool:
+    def stop_after_five() -> bool:  # asked once when set up, then after every step
         calls.append(1)
-        return len(calls) == 5
+        return len(calls) == 6
     with pytest.raises(Interrupted, match=f"after step 5 of 50: checkpoint saved to {path}"):
         train(tiny_data, numpy_backend(), "relu10", steps=50, checkpoint=path,
               checkpoint_every=3, should_stop=stop_after_five)

@@ -163,7 +163,7 @@ def test_a_worker_that_dies_mid_run_is_replaced_and_the_run_goes_on(tiny_data):
 
         def kill_at_step_3() -> bool:
             steps.append(1)
-            if len(steps) == 3:  # the worker's process exits at once, as a crash would
+            if len(steps) == 4:  # after step 3 (asked once before step 1): a crash
                 backend.client.run(_crash, workers=[victim], wait=False)
             return False
 
