@@ -400,3 +400,33 @@ def test_tls_end_to_end_on_a_cluster_started_with_dasks_own_command_line(tmp_pat
             if process is not None:
                 process.terminate()
                 process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_worker_lost_during_a_step_is_survived(signum):
+    """A worker killed 50 ms into step 5 (a step here takes a few hundred ms): the parameters
+    sent to it are lost with it, the step is redone on the workers left with its rows rebuilt
+    from their recipes, one warning says so, and the run ends with NumPy's weights."""
+    import threading
+
+    from mnist_xp.synthetic import synthetic_digits
+
+    importorskip("distributed")
+    data = synthetic_digits(20_000, 1_000)
+    config = Config(hidden=(256,), optimizer="adam", lr=3e-3, steps=10)
+    with select_engine("cpu", "dask", workers=2) as engine:
+        victim = list(engine.client.run(os.getpid).values())[1]
+        asked = []
+
+        def kill_in_step_5():
+            asked.append(1)
+            if len(asked) == 5:  # asked before step 1, then after steps 1..4
+                threading.Timer(0.05, os.kill, (victim, signum)).start()
+
+        with pytest.warns(UserWarning, match="a worker was lost during the work") as caught:
+            model, history = train(data, engine, config, eval_every=5, log_every=1,
+                                   should_stop=kill_in_step_5)
+        assert len([w for w in caught if "worker was lost" in str(w.message)]) == 1
+    assert history.steps == 10
+    reference, _ = train(data, numpy_backend(), config, eval_every=5)
+    _agree(model, reference)

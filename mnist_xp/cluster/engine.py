@@ -386,13 +386,20 @@ class ClusterEngine:
         are in, and the lost chunks are built again from their recipes. A third failure, or a
         task whose workers kept dying, stops the run in one line; what was checkpointed
         before stays as it was."""
+        from distributed import CancelledError
+
         for attempt in range(RETRIES):
             with self.faults():
                 try:
                     return work(*args)
-                except OSError:  # CommClosedError and kin: a worker went away
+                except (OSError, CancelledError) as exc:
+                    # a connection closed (CommClosedError and kin), or the parameters sent
+                    # to a worker that died were lost with it ("already forgotten")
                     if attempt == RETRIES - 1:
                         raise
+                    warnings.warn(f"a worker was lost during the work ({type(exc).__name__}): "
+                                  f"redone on the workers left, its rows rebuilt from their "
+                                  f"recipes", stacklevel=2)
                     time.sleep(RETRY_WAIT_S)
         raise AssertionError("unreachable")
 
