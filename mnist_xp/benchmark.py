@@ -5,7 +5,6 @@ bench_report turns into Markdown, JSON and a plot. `say` prints the progress lin
 from __future__ import annotations
 
 import importlib.util
-import logging
 from argparse import Namespace
 from collections.abc import Callable
 from typing import Any
@@ -133,7 +132,6 @@ def run(options: Namespace, say: Say) -> dict[str, Any]:
     """Time everything options ask for; the result bench_report reads."""
     check_options(options)
     if options.workers or options.scheduler:  # NumPy here, then each cluster in turn
-        logging.getLogger("distributed").setLevel(logging.WARNING)
         backends = [select_backend("cpu")]
         clusters = [{"workers": n, "dashboard": options.dashboard}
                     for n in options.workers or []]

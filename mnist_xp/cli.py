@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import platform
 import shlex
@@ -196,8 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
 def _engine(args: argparse.Namespace) -> Engine:
     """The engine for --device, --backend and the cluster flags, said in one line."""
     workers, scheduler = getattr(args, "workers", None), getattr(args, "scheduler", None)
-    if workers or scheduler:
-        logging.getLogger("distributed").setLevel(logging.WARNING)  # a worker lost, not chatter
     engine = select_engine(args.device, args.backend, workers=workers, scheduler=scheduler,
                            dashboard=getattr(args, "dashboard", False), tls=_tls(args))
     note = f" ({engine.note})" if engine.note else ""

@@ -24,7 +24,14 @@ from .checkpoint import Checkpoint, save_checkpoint
 from .config import Config
 from .data import CLASSES, Dataset
 from .engines import Engine, as_engine
-from .errors import DataError, DeviceMemoryError, DivergenceError, Interrupted, MnistXpError
+from .errors import (
+    DataError,
+    DeviceMemoryError,
+    DivergenceError,
+    Interrupted,
+    LostWork,
+    MnistXpError,
+)
 from .model import MLP
 from .pace import Estimate, Pace
 from .settings import RunSettings, check_run
@@ -362,11 +369,18 @@ def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int
                         bar.set_postfix(loss=f"{history.final_loss:.4f}",
                                         train=f"{history.last['train_accuracy']:.2%}",
                                         test=f"{history.last['test_accuracy']:.2%}", refresh=False)
-                except MnistXpError:  # a stop signal that also reached the engine's workers
+                except MnistXpError as exc:
                     reason = asked_to_stop()
-                    if not reason:
+                    if reason:  # a stop signal that also reached the engine's workers
+                        raise stopped(reason, done, save(done, done_batches)) from None
+                    if not isinstance(exc, LostWork):
                         raise
-                    raise stopped(reason, done, save(done, done_batches)) from None
+                    saved = save(done, done_batches)  # the last step the engine finished
+                    where = (f"the checkpoint of step {done} was saved to {saved}: resume "
+                             f"from its last checkpoint with --resume {saved}" if saved else
+                             "nothing was saved (--checkpoint FILE.npz keeps the last step)")
+                    raise type(exc)(f"{exc}; the run stopped at step {step} of {total}; "
+                                    f"{where}") from None
                 bar.update(1)
                 history.steps = step
                 if step % settings.checkpoint_every == 0 or step == total:

@@ -430,3 +430,63 @@ def test_a_worker_lost_during_a_step_is_survived(signum):
     assert history.steps == 10
     reference, _ = train(data, numpy_backend(), config, eval_every=5)
     _agree(model, reference)
+
+
+def test_a_lost_scheduler_is_one_line_and_its_checkpoint_resumes(tiny_dir, tiny_data, tmp_path):
+    """`dask scheduler` and two `dask worker`s; the scheduler is killed mid-run: one line,
+    exit 1, no traceback, the checkpoint of the last finished step written; --resume on a
+    new cluster then ends with the weights of the run straight through on NumPy."""
+    import socket
+    import time
+
+    from mnist_xp.modelfile import read_model_file
+
+    importorskip("distributed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING": "False"}
+    scheduler = subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port",
+                                  str(port), "--no-dashboard"], env=env, **quiet)
+    workers = []
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        workers = [subprocess.Popen(["dask", "worker", address, "--nthreads", "1",
+                                     "--no-dashboard"], **quiet) for _ in range(2)]
+        path = tmp_path / "run.npz"
+        run = subprocess.Popen(
+            [sys.executable, "-m", "mnist_xp", "train", "--backend", "dask", "--scheduler",
+             address, "--preset", "relu10", "--steps", "100000", "--device", "cpu", "--quiet",
+             "--data-dir", str(tiny_dir), "--checkpoint", str(path), "--checkpoint-every",
+             "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        for line in run.stdout:
+            if line.startswith("pace:"):
+                break
+        scheduler.kill()
+        _, err = run.communicate(timeout=120)
+    finally:
+        for process in (*workers, scheduler):
+            process.kill()
+            process.wait(timeout=30)
+    assert run.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"the scheduler at {address} was lost" in lines[0]
+    assert f"was saved to {path}: resume from its last checkpoint" in lines[0]
+    step = read_model_file(path).meta["step"]
+    assert step >= 5
+    assert main(["train", "--backend", "dask", "--workers", "2", "--resume", str(path),
+                 "--steps", str(step + 3), "--device", "cpu", "--quiet", "--data-dir",
+                 str(tiny_dir), "--save", str(tmp_path / "resumed.npz")]) == 0
+    straight, _ = train(tiny_data, numpy_backend(), "relu10", steps=step + 3)
+    for got, want in zip(read_model_file(tmp_path / "resumed.npz").params,
+                         straight.host_params()):
+        assert_close(got, want, "float32", scale=10)

@@ -42,6 +42,7 @@ def start(workers: int | None, scheduler: str | None, gpu: bool, *, dashboard: b
     credentials made for this run (distributed's Security.temporary), so another local user
     can neither join it nor submit work to it. Work stealing is off: it would move data
     chunks between workers to balance tasks, which is what this engine is built to avoid."""
+    _quiet()
     if scheduler is not None:
         client = _connect(scheduler, credentials)
         try:
@@ -89,6 +90,14 @@ def start(workers: int | None, scheduler: str | None, gpu: bool, *, dashboard: b
         note = f"dashboard at {client.dashboard_link}" + (
             "" if live else "; pip install bokeh for its live pages")
     return _engine(client, cluster, gpu, note)
+
+
+def _quiet() -> None:
+    """distributed's own log lines (a worker lost, a reconnection given up, with their
+    tracebacks) stay off the terminal: the engine reports each fault itself, in one line."""
+    names = [name for name in logging.root.manager.loggerDict if name.startswith("distributed")]
+    for name in ["distributed", *names]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def check_address(scheduler: str, credentials: Credentials | None) -> tuple[str, str]:

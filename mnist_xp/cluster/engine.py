@@ -70,6 +70,11 @@ class ClusterError(LostWork):
     """The cluster lost work it could not redo: the run stops, checkpoints intact (exit 1)."""
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 # --- here: the split, the step, the accuracy -----------------------------------------------
 
 class ClusterSplit:
@@ -178,6 +183,7 @@ class ClusterEngine:
         self.backend = numpy_backend()  # where the parameters live
         self._out = self._back = self._steps = 0
         self._keys = 0
+        self.address = client.scheduler.address
         self.name = self.describe()
         self.direct = self._reaches_workers()  # else the scheduler relays parameters and sums
 
@@ -217,12 +223,20 @@ class ClusterEngine:
         a cluster with no worker for WORKERS_GONE_S is one line (ClusterError)."""
         deadline = time.monotonic() + WORKERS_GONE_S
         while True:
-            workers = list(self.client.scheduler_info()["workers"])
+            self._check_scheduler()
+            workers = list(self.client.scheduler_info().get("workers", {}))
             if workers:
                 return workers
             if time.monotonic() > deadline:
                 raise ClusterError("the cluster has no worker left")
             time.sleep(0.1)
+
+    def _check_scheduler(self) -> None:
+        """ClusterError at once when this client has lost its scheduler (it died, or the
+        network to it went away): nothing a retry could mend."""
+        if self.client.status not in ("running", "newly-created"):
+            raise ClusterError(f"the scheduler at {self.address} was lost (the client is "
+                               f"{self.client.status})")
 
     def close(self) -> None:
         """Disconnect, and shut down the LocalCluster this engine started."""
@@ -395,6 +409,7 @@ class ClusterEngine:
                 except (OSError, CancelledError) as exc:
                     # a connection closed (CommClosedError and kin), or the parameters sent
                     # to a worker that died were lost with it ("already forgotten")
+                    self._check_scheduler()
                     if attempt == RETRIES - 1:
                         raise
                     warnings.warn(f"a worker was lost during the work ({type(exc).__name__}): "
@@ -411,6 +426,6 @@ class ClusterEngine:
         try:
             yield
         except (KilledWorker, CancelledError, OSError, TimeoutError) as exc:
+            self._check_scheduler()
             raise ClusterError(f"the cluster lost work it could not redo "
-                               f"({type(exc).__name__}: {exc}); the run stopped: resume from "
-                               f"its last checkpoint with --resume") from None
+                               f"({type(exc).__name__}: {_first_line(exc)})") from None
