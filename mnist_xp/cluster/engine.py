@@ -342,9 +342,9 @@ class ClusterEngine:
         for worker, chunks in self._by_worker(split, indices).items():
             own = [a(chunks) if callable(a) else a for a in args]
             copy = params.get(worker) or next(iter(params.values()))
-            tasks.append(self.client.submit(
-                function, copy, *own, *(split.chunks[i] for i in chunks),
-                workers=[worker] if worker else None, allow_other_workers=True, pure=False))
+            where = {"workers": [worker], "allow_other_workers": True} if worker else {}
+            tasks.append(self.client.submit(  # where a chunk's worker died: anywhere
+                function, copy, *own, *(split.chunks[i] for i in chunks), pure=False, **where))
         if tree:
             tasks = self._summed(tasks)
         return self.client.gather(tasks, direct=self.direct)
