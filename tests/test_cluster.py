@@ -331,6 +331,27 @@ def test_a_local_cluster_lets_no_one_in(cluster, tmp_path):
     assert refused.value.code == 404
 
 
+def _dask_scheduler(scheme, *flags, env=None):
+    """`dask scheduler` on a free loopback port, once it accepts connections: (process,
+    address)."""
+    import socket
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                *flags], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.2)
+    return process, f"{scheme}://127.0.0.1:{port}"
+
+
 def _credentials(folder):
     """Two sets of TLS files made for the test (a CA that signs a certificate, and its key)."""
     from distributed.security import Security
@@ -352,28 +373,15 @@ def test_tls_end_to_end_on_a_cluster_started_with_dasks_own_command_line(tmp_pat
                                                                           capsys):
     """`dask scheduler` and `dask worker` with certificates the test makes: the run trains
     with --tls-ca/--tls-cert/--tls-key, and wrong or missing credentials are one line each."""
-    import socket
     import time
 
     importorskip("distributed")
     creds = _credentials(tmp_path)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     tls = ["--tls-ca-file", str(creds["good"][0]), "--tls-cert", str(creds["good"][1]),
            "--tls-key", str(creds["good"][2]), "--no-dashboard"]
-    scheduler = subprocess.Popen(["dask", "scheduler", "--protocol", "tls", "--host",
-                                  "127.0.0.1", "--port", str(port), *tls],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    address = f"tls://127.0.0.1:{port}"
+    scheduler, address = _dask_scheduler("tls", "--protocol", "tls", *tls)
     worker = None
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.2)
         worker = subprocess.Popen(["dask", "worker", address, "--nthreads", "1", *tls],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         flags = ["train", "--backend", "dask", "--scheduler", address, "--preset", "relu10",
@@ -436,28 +444,15 @@ def test_a_lost_scheduler_is_one_line_and_its_checkpoint_resumes(tiny_dir, tiny_
     """`dask scheduler` and two `dask worker`s; the scheduler is killed mid-run: one line,
     exit 1, no traceback, the checkpoint of the last finished step written; --resume on a
     new cluster then ends with the weights of the run straight through on NumPy."""
-    import socket
-    import time
 
     from mnist_xp.modelfile import read_model_file
 
     importorskip("distributed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    address = f"tcp://127.0.0.1:{port}"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    env = {**os.environ, "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING": "False"}
-    scheduler = subprocess.Popen(["dask", "scheduler", "--host", "127.0.0.1", "--port",
-                                  str(port), "--no-dashboard"], env=env, **quiet)
+    scheduler, address = _dask_scheduler("tcp", "--no-dashboard", env={
+        **os.environ, "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING": "False"})
     workers = []
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.2)
         workers = [subprocess.Popen(["dask", "worker", address, "--nthreads", "1",
                                      "--no-dashboard"], **quiet) for _ in range(2)]
         path = tmp_path / "run.npz"
