@@ -9,9 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .data import CLASSES, PIXELS
+from .distort import DISTORTIONS
 from .errors import UsageError
 from .nn import HIDDEN_ACTIVATIONS, LOSSES, OUTPUTS
 from .optim import OPTIMIZERS
+from .schedules import SCHEDULES, Schedule
 
 DTYPES = ("float32", "float64")
 FROM_PRESET = "default: the preset's"
@@ -61,7 +63,15 @@ class Config:
     optimizer: str = setting("adam", choices=tuple(OPTIMIZERS), help=FROM_PRESET)
     lr: float = setting(1e-3, type=float, help=f"learning rate ({FROM_PRESET})")
     momentum: float = setting(
-        0.9, type=float, help="momentum coefficient, with --optimizer momentum (default: 0.9)")
+        0.9, type=float, help="momentum coefficient, with --optimizer momentum or nesterov "
+                              "(default: 0.9)")
+    schedule: str = setting(
+        "constant", choices=SCHEDULES,
+        help=f"the learning rate over the run: constant, cosine decay towards 0, or step "
+             f"decay (x0.1 past half the run, x0.01 past three quarters) ({FROM_PRESET})")
+    warmup: int = setting(
+        0, type=int, metavar="STEPS",
+        help=f"steps over which the learning rate rises linearly to --lr ({FROM_PRESET})")
     weight_decay: float = setting(
         0.0, type=float, help=f"L2 penalty on the weight matrices ({FROM_PRESET})")
     steps: int = setting(
@@ -82,6 +92,12 @@ class Config:
         help="train on K copies of the training set, each but the first shifted by up to 2 "
              "pixels (on a cluster, built on the workers; default: 1)")
 
+    distort: str = setting(
+        "none", choices=tuple(DISTORTIONS),
+        help=f"distort the training images afresh each epoch (each step, full batch): "
+             f"elastic (Simard 2003), affine, or both; computed where the data is "
+             f"({FROM_PRESET})")
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         _choice("activation", self.activation, HIDDEN_ACTIVATIONS)
@@ -89,6 +105,8 @@ class Config:
         _choice("loss", self.loss, LOSSES)
         _choice("optimizer", self.optimizer, tuple(OPTIMIZERS))
         _choice("dtype", self.dtype, DTYPES)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("distortion", self.distort, tuple(DISTORTIONS))
         if any(h < 1 for h in self.hidden):
             raise UsageError(f"hidden layer sizes must be at least 1, got {list(self.hidden)}")
         if self.loss == "ce" and self.output != "softmax":
@@ -103,6 +121,8 @@ class Config:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UsageError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
+        if self.warmup < 0:
+            raise UsageError(f"warm-up must be >= 0 steps, got {self.warmup}")
         if self.seed < 0:
             raise UsageError(f"the seed must be >= 0, got {self.seed}")
         if self.epochs is not None and self.batch_size is None:
@@ -134,8 +154,16 @@ class Config:
         length = f"{self.epochs} epochs" if by_epoch else f"{self.steps} steps"
         decay = f", weight decay {self.weight_decay:g}" if self.weight_decay else ""
         copies = f", {self.augment} shifted copies of the data" if self.augment > 1 else ""
+        pace = self.schedule_for(self.steps).describe()
+        distorted = f", {self.distort} distortions" if self.distort != "none" else ""
         return (f"{shape} {acts}{self.output}+{self.loss}, {self.optimizer} lr={self.lr:g}"
-                f"{decay}, {batch}, {length}{copies}")
+                f"{f' ({pace})' if pace else ''}{decay}, {batch}, {length}{copies}{distorted}")
+
+    def schedule_for(self, total_steps: int) -> Schedule:
+        """The learning rate's schedule over a run of total_steps steps (a constant rate's
+        does not depend on them: a compiled step serves runs of any length)."""
+        return Schedule(self.schedule, self.warmup,
+                        1 if self.schedule == "constant" else total_steps)
 
     def replace(self, **changes: Any) -> Config:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -163,7 +191,7 @@ def flag(field: str) -> str:
 def resolve(base: Config, given: dict[str, Any]) -> Config:
     """`base` with the fields in `given` replaced. Steps and epochs both set the run's length:
     `steps` without `epochs` means steps, even where the base counts epochs, and both at once
-    are refused; `momentum` is refused unless the optimizer is momentum."""
+    are refused; `momentum` is refused unless the optimizer has momentum."""
     given = dict(given)
     if "steps" in given and "epochs" in given:
         raise UsageError("--steps and --epochs both set the run's length: give one of them")
@@ -173,8 +201,8 @@ def resolve(base: Config, given: dict[str, Any]) -> Config:
     if "activation" in given and not config.hidden:
         raise UsageError(f"--activation {config.activation} is for hidden layers, and this "
                          f"network has none (--hidden none)")
-    if "momentum" in given and config.optimizer != "momentum":
-        raise UsageError(f"--momentum is for --optimizer momentum; this run uses "
+    if "momentum" in given and config.optimizer not in ("momentum", "nesterov"):
+        raise UsageError(f"--momentum is for --optimizer momentum or nesterov; this run uses "
                          f"{config.optimizer}")
     return config
 

@@ -10,7 +10,8 @@ a compiled step never turns it into a Python number) and each optimizer's per-pa
 (STATE names them, for checkpoints).
 
 L2 weight decay λ adds λ·W to the gradient of every weight matrix (2-D parameter), which is the
-gradient of (λ/2)·||W||²; biases are not decayed.
+gradient of (λ/2)·||W||²; biases are not decayed. The learning rate η of step t is η·f(t), f a
+schedule of mnist_xp.schedules (1 by default).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from array_api_compat import array_namespace, device
+
+from .schedules import CONSTANT, Schedule
 
 Array = Any
 State = dict[str, Any]
@@ -33,8 +36,13 @@ class SGD:
 
     STATE: tuple[str, ...] = ()  # names of the per-parameter state lists
 
-    def __init__(self, lr: float, weight_decay: float = 0.0) -> None:
-        self.lr, self.weight_decay = lr, weight_decay
+    def __init__(self, lr: float, weight_decay: float = 0.0,
+                 schedule: Schedule = CONSTANT) -> None:
+        self.lr, self.weight_decay, self.schedule = lr, weight_decay, schedule
+
+    def rate(self, t: Array) -> Array | float:
+        """η·f(t): the learning rate of step t (a 0-d array; η itself when constant)."""
+        return self.lr if self.schedule.is_constant else self.lr * self.schedule.factor(t)
 
     def init(self, params: list[Array]) -> State:
         """t = 0 and zeros like each parameter for every list in STATE."""
@@ -46,8 +54,10 @@ class SGD:
 
     def update(self, params: list[Array], grads: list[Array], state: State
                ) -> tuple[list[Array], State]:
-        new = [p - self.lr * _with_decay(p, g, self.weight_decay) for p, g in zip(params, grads)]
-        return new, {"t": state["t"] + 1}
+        t = state["t"] + 1
+        lr = self.rate(t)
+        new = [p - lr * _with_decay(p, g, self.weight_decay) for p, g in zip(params, grads)]
+        return new, {"t": t}
 
 
 class Momentum(SGD):
@@ -55,16 +65,30 @@ class Momentum(SGD):
 
     STATE = ("velocity",)
 
-    def __init__(self, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> None:
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 schedule: Schedule = CONSTANT) -> None:
+        super().__init__(lr, weight_decay, schedule)
         self.momentum = momentum
 
     def update(self, params: list[Array], grads: list[Array], state: State
                ) -> tuple[list[Array], State]:
-        velocity = [self.momentum * v + _with_decay(p, g, self.weight_decay)
-                    for p, g, v in zip(params, grads, state["velocity"])]
-        new = [p - self.lr * v for p, v in zip(params, velocity)]
-        return new, {"t": state["t"] + 1, "velocity": velocity}
+        t = state["t"] + 1
+        lr = self.rate(t)
+        grads = [_with_decay(p, g, self.weight_decay) for p, g in zip(params, grads)]
+        velocity = [self.momentum * v + g for g, v in zip(grads, state["velocity"])]
+        new = [p - lr * self.direction(g, v) for p, g, v in zip(params, grads, velocity)]
+        return new, {"t": t, "velocity": velocity}
+
+    def direction(self, g: Array, v: Array) -> Array:
+        return v
+
+
+class Nesterov(Momentum):
+    """v ← μ·v + g;  θ ← θ - η·(g + μ·v)  (Nesterov's momentum, in the form of Sutskever et
+    al. 2013 that PyTorch and Keras use: the step looks ahead along the new velocity)"""
+
+    def direction(self, g: Array, v: Array) -> Array:
+        return g + self.momentum * v
 
 
 class Adam(SGD):
@@ -82,20 +106,22 @@ class Adam(SGD):
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0,
-                 fused_update: Callable[..., tuple[Array, Array, Array]] | None = None) -> None:
-        super().__init__(lr, weight_decay)
+                 fused_update: Callable[..., tuple[Array, Array, Array]] | None = None,
+                 schedule: Schedule = CONSTANT) -> None:
+        super().__init__(lr, weight_decay, schedule)
         self.betas, self.eps, self.fused_update = betas, eps, fused_update
 
     def update(self, params: list[Array], grads: list[Array], state: State
                ) -> tuple[list[Array], State]:
         xp = array_namespace(*params)
         t = state["t"] + 1
+        lr = self.rate(t)
         beta1, beta2 = self.betas
         correction1 = 1.0 - beta1**t  # 0-d arrays: no Python number under jax.jit
         root_correction2 = xp.sqrt(1.0 - beta2**t)
         if self.fused_update is not None:
             # η·m̂/(√v̂ + ε) = (η√(1-β₂ᵗ)/(1-β₁ᵗ))·m/(√v + ε√(1-β₂ᵗ))
-            step_size = self.lr * root_correction2 / correction1
+            step_size = lr * root_correction2 / correction1
             eps_hat = self.eps * root_correction2
             updated = [self.fused_update(p, g, m, v, step_size, beta1, beta2, eps_hat,
                                          self.weight_decay if p.ndim == 2 else 0.0)
@@ -108,22 +134,23 @@ class Adam(SGD):
             m = beta1 * m + (1.0 - beta1) * g
             v = beta2 * v + (1.0 - beta2) * (g * g)
             # η·m̂/(√v̂ + ε) with m̂ = m/(1-β₁ᵗ), √v̂ = √v/√(1-β₂ᵗ)
-            new.append(p - (self.lr / correction1) * m / (xp.sqrt(v) / root_correction2
+            new.append(p - (lr / correction1) * m / (xp.sqrt(v) / root_correction2
                                                           + self.eps))
             ms.append(m)
             vs.append(v)
         return new, {"t": t, "m": ms, "v": vs}
 
 
-OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
+OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adam": Adam}
 
 
 def make_optimizer(name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
-                   fused_adam: Callable[..., tuple[Array, Array, Array]] | None = None
-                   ) -> SGD:
+                   fused_adam: Callable[..., tuple[Array, Array, Array]] | None = None,
+                   schedule: Schedule = CONSTANT) -> SGD:
     """The optimizer `name`; `fused_adam` (a Tail's adam_update) is used by Adam only."""
-    if name == "momentum":
-        return Momentum(lr, momentum=momentum, weight_decay=weight_decay)
+    if name in ("momentum", "nesterov"):
+        return OPTIMIZERS[name](lr, momentum=momentum, weight_decay=weight_decay,
+                                schedule=schedule)
     if name == "adam":
-        return Adam(lr, weight_decay=weight_decay, fused_update=fused_adam)
-    return OPTIMIZERS[name](lr, weight_decay=weight_decay)
+        return Adam(lr, weight_decay=weight_decay, fused_update=fused_adam, schedule=schedule)
+    return OPTIMIZERS[name](lr, weight_decay=weight_decay, schedule=schedule)

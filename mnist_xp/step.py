@@ -27,6 +27,7 @@ from . import augment, nn
 from .backends import Backend
 from .config import Config
 from .data import CLASSES, Dataset
+from .distort import Distortion, distort
 from .model import scale_images
 from .optim import State, make_optimizer
 
@@ -47,6 +48,11 @@ class DeviceSplit(NamedTuple):
         """The rows at these indices (a device array), as a DeviceSplit."""
         xp = array_namespace(self.X)
         return DeviceSplit(*(xp.take(a, rows, axis=0) for a in self))
+
+    def distorted(self, rows: Any, how: Distortion, seed: int, epoch: int) -> DeviceSplit:
+        """These rows (all of them, or a batch: `rows` their numbers in the training set)
+        with their images distorted as epoch `epoch` of the run distorts them."""
+        return self._replace(X=distort(self.X, rows, seed, epoch, how))
 
 
 def to_device(backend: Backend, images: np.ndarray, labels: np.ndarray, dtype: str,
@@ -106,11 +112,13 @@ class TrainStep:
     """One optimizer step for `config` on `backend`."""
 
     def __init__(self, backend: Backend, config: Config, chunk_size: int | None = None,
-                 tail: nn.Tail | None = None) -> None:
+                 tail: nn.Tail | None = None, total_steps: int | None = None) -> None:
         self.backend, self.config = backend, config
         self.tail = tail = tail or backend.tail
+        schedule = config.schedule_for(total_steps or config.steps)
         self.optimizer = optimizer = make_optimizer(
-            config.optimizer, config.lr, config.weight_decay, config.momentum, tail.adam_update)
+            config.optimizer, config.lr, config.weight_decay, config.momentum, tail.adam_update,
+            schedule)
         chunk_size = None if backend.data_is_chunked else chunk_size
 
         def step(params: list[Any], state: State, X: Any, Y: Any, with_loss: bool
@@ -121,7 +129,7 @@ class TrainStep:
             return params, state, loss
 
         key = ("step", config.activation, config.output, config.loss, config.optimizer,
-               config.lr, config.momentum, config.weight_decay, chunk_size, tail)
+               config.lr, config.momentum, config.weight_decay, chunk_size, tail, schedule)
         self._program, self._step = _built(backend, key, step, ("with_loss",))
 
     @property
@@ -191,9 +199,10 @@ class LocalEngine:
         return to_device(self.backend, images, labels, dtype, chunk_rows, copies, seed)
 
     def train_step(self, config: Config, chunk_size: int | None = None,
-                   tail: nn.Tail | None = None) -> TrainStep:
-        """The training step for config, built once per configuration on this backend."""
-        return TrainStep(self.backend, config, chunk_size, tail)
+                   tail: nn.Tail | None = None, total_steps: int | None = None) -> TrainStep:
+        """The training step for config, built once per configuration on this backend, in a
+        run of total_steps steps (config.steps by default: its learning-rate schedule's)."""
+        return TrainStep(self.backend, config, chunk_size, tail, total_steps)
 
     def accuracy(self, activation: str, chunk_size: int | None = None) -> Accuracy:
         """accuracy(params, split) for networks with this activation."""

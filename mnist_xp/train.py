@@ -23,6 +23,7 @@ from .backends import Backend, select_backend
 from .checkpoint import Checkpoint, save_checkpoint
 from .config import Config
 from .data import CLASSES, Dataset
+from .distort import DISTORTIONS
 from .engines import Engine, as_engine
 from .errors import (
     DataError,
@@ -90,10 +91,12 @@ class Evaluation(NamedTuple):
 class Batches:
     """Endless batches: the whole split each step, or shuffled mini-batches, one permutation
     per epoch from default_rng([seed, 1]). state() is the RNG's state at the start of the
-    current epoch and the position in it, which is all a checkpoint needs to continue."""
+    current epoch and the position in it, which is all a checkpoint needs to continue. With
+    config.distort, each batch's images are distorted afresh: as its epoch (each step, in
+    full batch), counted from the step, distorts them (mnist_xp.distort)."""
 
     def __init__(self, split: Any, config: Config, backend: Backend,
-                 state: dict[str, Any] | None = None) -> None:
+                 state: dict[str, Any] | None = None, first_step: int = 1) -> None:
         self.split, self.backend, self.size = split, backend, config.batch_size
         self.rng = np.random.default_rng([config.seed, 1])
         self.position, self.order = 0, None
@@ -103,14 +106,24 @@ class Batches:
         self.epoch_state = self.rng.bit_generator.state
         if self.position > 0:  # the epoch's permutation, drawn again from its starting state
             self.order = backend.asarray(self.rng.permutation(split.rows))
+        self.distortion, self.seed = DISTORTIONS[config.distort], config.seed
+        self.step = first_step - 1  # the step the last batch was for
+        self.per_epoch = 1 if self.size is None else math.ceil(split.rows / self.size)
+        self.all_rows: Any = None
 
     def state(self) -> dict[str, Any]:
         return {"rng": self.epoch_state, "position": self.position}
 
     def __next__(self) -> Any:
-        if self.size is None:
-            return self.split
+        self.step += 1
         n = self.split.rows
+        if self.size is None:
+            if self.distortion is None:
+                return self.split
+            if self.all_rows is None:
+                self.all_rows = self.backend.asarray(np.arange(n))
+            return self.split.distorted(self.all_rows, self.distortion, self.seed,
+                                        self.step - 1)
         if self.position >= n:
             self.position, self.order = 0, None
             self.epoch_state = self.rng.bit_generator.state
@@ -118,7 +131,11 @@ class Batches:
             self.order = self.backend.asarray(self.rng.permutation(n))
         rows = self.order[self.position:min(self.position + self.size, n)]
         self.position += self.size
-        return self.split.take(rows)
+        batch = self.split.take(rows)
+        if self.distortion is None:
+            return batch
+        return batch.distorted(rows, self.distortion, self.seed,
+                               (self.step - 1) // self.per_epoch)
 
 
 def estimated_bytes(config: Config, train_rows: int, test_rows: int, chunk_rows: int) -> int:
@@ -131,7 +148,7 @@ def estimated_bytes(config: Config, train_rows: int, test_rows: int, chunk_rows:
     sizes = config.sizes
     data = (train_rows * config.augment + test_rows) * ((sizes[0] + sizes[-1]) * itemsize + 8)
     params = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-    state = {"adam": 2, "momentum": 1}.get(config.optimizer, 0)
+    state = {"adam": 2, "momentum": 1, "nesterov": 1}.get(config.optimizer, 0)
     per_row = 2 * sum(sizes[1:-1]) + 3 * sizes[-1] + 2 * max(sizes[1:])
     return data + (4 + 2 * state) * params * itemsize + chunk_rows * per_row * itemsize
 
@@ -250,7 +267,7 @@ def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int
         model = (MLP.initialise(config, backend) if resume is None else
                  MLP.from_host(config, resume.params, backend))
         model.dataset = data.name
-        train_step = engine.train_step(config, chunk_size)
+        train_step = engine.train_step(config, chunk_size, total_steps=total)
         accuracy = engine.accuracy(config.activation, chunk_size)
         first = settings.first_step
         if resume is None:
@@ -259,7 +276,8 @@ def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int
             state = train_step.initial_state(model.params, resume.optimizer_t,
                                              resume.optimizer_state)
             history.records, history.final_loss = list(resume.records), resume.final_loss
-        batches = Batches(train_split, config, backend, resume.batches if resume else None)
+        batches = Batches(train_split, config, backend, resume.batches if resume else None,
+                          first)
 
         start_loss = math.inf  # the first loss read back in this process (at its first step)
         last_saved = (f"--checkpoint {settings.checkpoint} was not written in this run"

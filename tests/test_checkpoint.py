@@ -100,8 +100,8 @@ def test_a_step_lost_to_the_stop_signal_saves_the_step_before(tiny_data, tmp_pat
     config = Config(hidden=(16,), optimizer="adam", lr=3e-3, batch_size=70, steps=10)
     signalled = []
     real_train_step = backend.train_step
-    backend.train_step = lambda *args: _StepThatLosesItsWorkers(real_train_step(*args), 6,
-                                                                 signalled)
+    backend.train_step = lambda *args, **kw: _StepThatLosesItsWorkers(
+        real_train_step(*args, **kw), 6, signalled)
     path = tmp_path / "run.npz"
     expected = (Interrupted, "stopped by SIGTERM after step 5 of 10: checkpoint saved") if stop \
         else (LostWork, "the cluster lost work it could not redo; the run stopped at step 6 of "

@@ -4,6 +4,7 @@ gradients on the wire, a worker that dies mid-run, resume, the command line."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -30,6 +31,12 @@ CASES = {
     "mini-batch sgd": Config(hidden=(16,), optimizer="sgd", lr=0.1, batch_size=50),
     "mini-batch adam": Config(hidden=(12,), activation="tanh", output="sigmoid", loss="mse",
                               optimizer="adam", lr=3e-3, batch_size=64),
+    # distorted on the workers, each image as NumPy distorts it; a schedule here
+    "full-batch nesterov, cosine, distorted": Config(
+        hidden=(16,), optimizer="nesterov", lr=0.1, schedule="cosine", warmup=2,
+        distort="both"),
+    "mini-batch sgd, distorted": Config(hidden=(16,), optimizer="sgd", lr=0.1, batch_size=50,
+                                        distort="elastic"),
 }
 
 
@@ -410,8 +417,45 @@ def test_tls_end_to_end_on_a_cluster_started_with_dasks_own_command_line(tmp_pat
                 process.wait(timeout=30)
 
 
+@contextlib.contextmanager
+def _dask_cli_cluster(workers, *worker_flags):
+    """`dask scheduler` (work stealing off) and `dask worker`s with these flags: its address,
+    once the workers have joined."""
+    from distributed import Client
+
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler, address = _dask_scheduler("tcp", "--no-dashboard", env={
+        **os.environ, "DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING": "False"})
+    processes = [scheduler]
+    try:
+        processes += [subprocess.Popen(["dask", "worker", address, "--nthreads", "1",
+                                        "--no-dashboard", *worker_flags], **quiet)
+                      for _ in range(workers)]
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(workers, timeout=60)
+        yield address
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def _two_workers(kind):
+    """An engine on two single-thread workers: a LocalCluster (--workers 2), or a cluster
+    started with Dask's own command line, with or without a nanny to replace a lost worker."""
+    if kind == "--workers":
+        with select_engine("cpu", "dask", workers=2) as engine:
+            yield engine
+    else:
+        with _dask_cli_cluster(2, *kind.split()[2:]) as address, \
+                select_engine("cpu", "dask", scheduler=address) as engine:
+            yield engine
+
+
+@pytest.mark.parametrize("kind", ["--workers", "dask worker", "dask worker --no-nanny"])
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
-def test_a_worker_lost_during_a_step_is_survived(signum):
+def test_a_worker_lost_during_a_step_is_survived(kind, signum):
     """A worker killed 50 ms into step 5 (a step here takes a few hundred ms): the parameters
     sent to it are lost with it, the step is redone on the workers left with its rows rebuilt
     from their recipes, one warning says so, and the run ends with NumPy's weights."""
@@ -422,7 +466,7 @@ def test_a_worker_lost_during_a_step_is_survived(signum):
     importorskip("distributed")
     data = synthetic_digits(20_000, 1_000)
     config = Config(hidden=(256,), optimizer="adam", lr=3e-3, steps=10)
-    with select_engine("cpu", "dask", workers=2) as engine:
+    with _two_workers(kind) as engine:
         victim = list(engine.client.run(os.getpid).values())[1]
         asked = []
 
@@ -437,6 +481,39 @@ def test_a_worker_lost_during_a_step_is_survived(signum):
         assert len([w for w in caught if "worker was lost" in str(w.message)]) == 1
     assert history.steps == 10
     reference, _ = train(data, numpy_backend(), config, eval_every=5)
+    _agree(model, reference)
+
+
+def test_a_worker_that_joins_mid_run_takes_a_share_of_the_rows():
+    """A third worker joins after step 3 of a run on two: it is given a third of the chunks
+    (built there from their recipes), computes gradients from then on, and the run ends with
+    NumPy's weights."""
+    from mnist_xp.synthetic import synthetic_digits
+
+    importorskip("distributed")
+    data = synthetic_digits(12_000, 600)
+    config = Config(hidden=(64,), optimizer="adam", lr=3e-3, steps=15)
+    with select_engine("cpu", "dask", workers=2) as engine:
+        first = set(engine.workers)
+        asked = []
+
+        def join_after_step_3():
+            asked.append(1)
+            if len(asked) == 4:
+                engine.cluster.scale(3)
+                engine.client.wait_for_workers(3, timeout=60)
+
+        model, _ = train(data, engine, config, eval_every=15, log_every=1,
+                         should_stop=join_after_step_3)
+        (newcomer,) = set(engine.workers) - first
+
+        def gradients_computed(dask_worker):
+            return len({entry[0] for entry in dask_worker.state.log
+                        if str(entry[0]).startswith("worker_gradient") and "memory" in entry})
+
+        computed = engine.client.run(gradients_computed, workers=[newcomer])[newcomer]
+    assert computed >= 5, computed  # of the 11 steps after it joined
+    reference, _ = train(data, numpy_backend(), config, eval_every=15)
     _agree(model, reference)
 
 

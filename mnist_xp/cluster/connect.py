@@ -6,7 +6,9 @@ an address Dask speaks, with this client's TLS credentials where it asks for the
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,6 +22,7 @@ from .worker import OwnProcessGroup
 
 CONNECT_TIMEOUT_S = 20  # the deadline for a scheduler's answer
 REACH_S = 3  # the deadline for reaching its port at all
+LOCAL_CONNECT_S = 5  # a connection on loopback (to a worker just killed: refused until then)
 WORKERS_S = 30  # the deadline for a first worker to join a running scheduler
 SCHEMES = ("tcp", "tls", "inproc", "ucx")  # what Dask speaks
 LOOPBACK = "127.0.0.1"  # where a cluster started here listens
@@ -64,23 +67,36 @@ def start(workers: int | None, scheduler: str | None, gpu: bool, *, dashboard: b
     if not dashboard:  # the HTTP servers answer health checks only: no pages, logs, stacks
         settings.update({"distributed.scheduler.http.routes": ["distributed.http.health"],
                          "distributed.worker.http.routes": ["distributed.http.health"]})
-    with dask.config.set(settings):
-        if gpu:
-            try:
-                from dask_cuda import LocalCUDACluster
-            except ImportError:
-                raise BackendError('--backend dask --device cuda needs dask-cuda: pip install '
-                                   '"mnist-xp[dask-cuda]"') from None
-            cluster = LocalCUDACluster(n_workers=workers, **where)
-        else:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   **where)
-    client = Client(cluster, security=security)
+    forked = None
+    if not gpu and "forkserver" in multiprocessing.get_all_start_methods():
+        # workers forked from a server that imported distributed and NumPy once: a worker
+        # that dies is replaced in a fraction of the CPU a fresh interpreter takes (read by
+        # the nannies at each start, so it stays set while the cluster lives)
+        forked = dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+    try:
+        with dask.config.set(settings):
+            if gpu:
+                try:
+                    from dask_cuda import LocalCUDACluster
+                except ImportError:
+                    raise BackendError('--backend dask --device cuda needs dask-cuda: pip install '
+                                       '"mnist-xp[dask-cuda]"') from None
+                cluster = LocalCUDACluster(n_workers=workers, **where)
+            else:
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       **where)
+    except BaseException:
+        if forked is not None:
+            forked.__exit__(None, None, None)
+        raise
+    client = Client(cluster, security=security, timeout=LOCAL_CONNECT_S)
     try:
         client.register_plugin(OwnProcessGroup())
     except BaseException:
         client.close()
         cluster.close()
+        if forked is not None:
+            forked.__exit__(None, None, None)
         raise
     note = ""
     if dashboard:
@@ -89,7 +105,8 @@ def start(workers: int | None, scheduler: str | None, gpu: bool, *, dashboard: b
         live = importlib.util.find_spec("bokeh") is not None
         note = f"dashboard at {client.dashboard_link}" + (
             "" if live else "; pip install bokeh for its live pages")
-    return _engine(client, cluster, gpu, note)
+    return _engine(client, cluster, gpu, note,
+                   on_close=forked and (lambda: forked.__exit__(None, None, None)))
 
 
 def _quiet() -> None:
@@ -199,14 +216,18 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _engine(client: Client, cluster: LocalCluster | None, gpu: bool, note: str = ""
-            ) -> ClusterEngine:
+def _engine(client: Client, cluster: LocalCluster | None, gpu: bool, note: str = "",
+            on_close: Callable[[], Any] | None = None) -> ClusterEngine:
     """The engine over this client; the client (and a cluster started here) closed again if
     the engine cannot be made, so that no worker process outlives the error."""
+    engine = None
     try:
-        return ClusterEngine(client, cluster, gpu=gpu, note=note)
-    except BaseException:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-        raise
+        engine = ClusterEngine(client, cluster, gpu=gpu, note=note, on_close=on_close)
+        return engine
+    finally:
+        if engine is None:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+            if on_close is not None:
+                on_close()

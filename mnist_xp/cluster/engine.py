@@ -25,11 +25,12 @@ elsewhere from its recipe (the files, or the rows shipped in it) and the run goe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,6 +42,7 @@ from .. import nn
 from ..backends import numpy_backend
 from ..config import Config
 from ..data import Dataset
+from ..distort import Distortion
 from ..errors import LostWork
 from ..optim import State, make_optimizer
 from ..step import optimizer_state
@@ -58,7 +60,9 @@ CHUNKS_PER_WORKER = 4
 FAN_IN = 4  # partial sums added at a time in the tree on the workers (and at most back here)
 REACH_TIMEOUT_S = 20  # the deadline for reaching a worker directly
 RETRIES = 3  # attempts at a step or an evaluation when a worker leaves during it
-RETRY_WAIT_S = 1.0
+LOSS_SEEN_S = 1.0  # the longest wait, after a failed step, for the scheduler to drop a worker
+SCATTER_WAIT_S = 1.0  # how long a worker the scheduler no longer lists is waited for
+WATCH_S = 0.05  # how often the scheduler is asked, during a step, whether a worker left
 WORKERS_GONE_S = 10  # how long a cluster may show no worker before the run stops
 
 
@@ -75,15 +79,27 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _keep_alive(kept: dict[tuple[int, ...], Future]) -> None:
+    """Drops from `kept` the results lost with their worker, cancelled or failed."""
+    for chunks in [c for c, future in kept.items()
+                   if future.status not in ("finished", "pending")]:
+        del kept[chunks]
+
+
 # --- here: the split, the step, the accuracy -----------------------------------------------
 
 class ClusterSplit:
-    """A split as chunk futures on the workers, with the global row each chunk starts at."""
+    """A split as chunk futures on the workers, with the global row each chunk starts at and
+    the recipe each was built from (to build it again on a worker that joins later)."""
 
-    def __init__(self, chunks: list[Future], sizes: list[int], read_on_workers: bool) -> None:
-        self.chunks, self.read_on_workers = chunks, read_on_workers
+    def __init__(self, chunks: list[Future], sizes: list[int], recipes: list[Recipe],
+                 placed: list[str], read_on_workers: bool) -> None:
+        self.chunks, self.recipes, self.read_on_workers = chunks, recipes, read_on_workers
         self.starts = np.concatenate([[0], np.cumsum(sizes)])
         self.rows = int(self.starts[-1])
+        self.placed = placed  # the worker each chunk was built on
+        self.moving: dict[int, tuple[str, Future]] = {}  # chunk -> (new worker, its new copy)
+        self.balanced_on: set[str] = set()  # the workers its chunks were last spread over
 
     def take(self, rows: np.ndarray) -> ClusterBatch:
         """The batch of these global rows, as each chunk's local rows."""
@@ -92,22 +108,34 @@ class ClusterSplit:
         local = {int(i): rows[owner == i] - self.starts[i] for i in np.unique(owner)}
         return ClusterBatch(self, local, len(rows))
 
+    def distorted(self, rows: Any, how: Distortion, seed: int, epoch: int) -> ClusterBatch:
+        """All the rows, their images to be distorted on the workers (DeviceSplit.distorted)."""
+        return ClusterBatch(self, None, self.rows, (how, seed, epoch))
+
 
 class ClusterBatch(NamedTuple):
-    """Some rows of a ClusterSplit: chunk index -> its rows in the batch."""
+    """Some rows of a ClusterSplit (chunk index -> its rows in the batch; None: all), and how
+    the workers distort their images (Distortion, seed, epoch), if at all."""
 
     split: ClusterSplit
-    local: dict[int, np.ndarray]
+    local: dict[int, np.ndarray] | None
     rows: int
+    distortion: tuple[Distortion, int, int] | None = None
+
+    def distorted(self, rows: Any, how: Distortion, seed: int, epoch: int) -> ClusterBatch:
+        """This batch, its images to be distorted on the workers (DeviceSplit.distorted)."""
+        return self._replace(distortion=(how, seed, epoch))
 
 
 class ClusterStep:
     """One optimizer step on the cluster (see the module's docstring)."""
 
-    def __init__(self, engine: ClusterEngine, config: Config, inner_chunk: int | None) -> None:
+    def __init__(self, engine: ClusterEngine, config: Config, inner_chunk: int | None,
+                 total_steps: int | None = None) -> None:
         self.engine, self.config = engine, config
         self.optimizer = make_optimizer(config.optimizer, config.lr, config.weight_decay,
-                                        config.momentum)
+                                        config.momentum,
+                                        schedule=config.schedule_for(total_steps or config.steps))
         self.settings = Settings(config.activation, config.output, config.loss, inner_chunk)
         self.tail = nn.ARRAY_API_TAIL
         self.traces = 0
@@ -121,10 +149,10 @@ class ClusterStep:
     def __call__(self, params: list[np.ndarray], state: State, batch: Any,
                  with_loss: bool = False) -> tuple[list[np.ndarray], State, Any]:
         self.traces += 1
-        split, local = (batch.split, batch.local) if isinstance(batch, ClusterBatch) else (
-            batch, None)
+        split, local, distortion = (batch.split, batch.local, batch.distortion) if isinstance(
+            batch, ClusterBatch) else (batch, None, None)
         loss, grads = self.engine.retrying(self.engine.gradient, params, split, local,
-                                           batch.rows, self.settings, with_loss)
+                                           batch.rows, self.settings, with_loss, distortion, {})
         params, state = self.optimizer.update(params, grads, state)
         return params, state, loss
 
@@ -136,7 +164,7 @@ class ClusterAccuracy:
         self.engine, self.activation = engine, activation
 
     def __call__(self, params: list[np.ndarray], split: ClusterSplit) -> float:
-        return self.engine.retrying(self.engine.hits, params, split, self.activation
+        return self.engine.retrying(self.engine.hits, params, split, self.activation, {}
                                     ) / split.rows
 
 
@@ -178,11 +206,13 @@ class ClusterEngine:
     library = "dask"
 
     def __init__(self, client: Client, cluster: LocalCluster | None = None, gpu: bool = False,
-                 note: str = "") -> None:
+                 note: str = "", on_close: Callable[[], Any] | None = None) -> None:
         self.client, self.cluster, self.gpu, self.note = client, cluster, gpu, note
+        self._on_close = on_close  # what else closing the cluster undoes
         self.backend = numpy_backend()  # where the parameters live
         self._out = self._back = self._steps = 0
         self._keys = 0
+        self._sent_to: list[str] = []  # the workers the parameters last went to
         self.address = client.scheduler.address
         self.name = self.describe()
         self.direct = self._reaches_workers()  # else the scheduler relays parameters and sums
@@ -218,18 +248,31 @@ class ClusterEngine:
 
     @property
     def workers(self) -> list[str]:
-        """The workers' addresses. The client's copy of the scheduler's information is
-        refreshed in the background and can be empty for an instant: asked again then, and
-        a cluster with no worker for WORKERS_GONE_S is one line (ClusterError)."""
+        """The addresses of the workers running now, asked of the scheduler (the client's
+        own copy of its information is refreshed every few seconds: it would still list a
+        worker that died); a cluster with no worker for WORKERS_GONE_S is one line
+        (ClusterError)."""
         deadline = time.monotonic() + WORKERS_GONE_S
         while True:
-            self._check_scheduler()
-            workers = list(self.client.scheduler_info().get("workers", {}))
+            workers = self._running()
             if workers:
                 return workers
             if time.monotonic() > deadline:
                 raise ClusterError("the cluster has no worker left")
             time.sleep(0.1)
+
+    def _running(self) -> list[str]:
+        """The workers the scheduler counts as running (not paused, not closing)."""
+        self._check_scheduler()
+        return sorted(self.client.sync(self._ask_running))
+
+    async def _ask_running(self) -> dict[str, int]:
+        """The scheduler's answer; a scheduler that cannot be asked is lost (ClusterError)."""
+        try:
+            return await self.client.scheduler.ncores_running()
+        except OSError as exc:
+            raise ClusterError(f"the scheduler at {self.address} was lost "
+                               f"({type(exc).__name__}: {_first_line(exc)})") from None
 
     def _check_scheduler(self) -> None:
         """ClusterError at once when this client has lost its scheduler (it died, or the
@@ -243,6 +286,9 @@ class ClusterEngine:
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
 
     def __enter__(self) -> ClusterEngine:
         return self
@@ -267,7 +313,7 @@ class ClusterEngine:
         per_chunk = chunk_rows or math.ceil(total / (CHUNKS_PER_WORKER * len(workers)))
         per_chunk = max(1, min(per_chunk, n))
         readable = data.source is not None and self._can_read(data.source)
-        chunks, sizes = [], []
+        chunks, sizes, recipes, placed = [], [], [], []
         for copy in range(copies):
             for start in range(0, n, per_chunk):
                 stop = min(start + per_chunk, n)
@@ -277,17 +323,57 @@ class ClusterEngine:
                 else:
                     recipe = recipe._replace(images=images[start:stop], labels=labels[start:stop],
                                              base_rows=n)
-                worker = workers[len(chunks) % len(workers)]
-                self._keys += 1
-                with warnings.catch_warnings():  # the shipped rows travel once, in the recipe
-                    warnings.simplefilter("ignore", UserWarning)
-                    chunks.append(self.client.submit(
-                        build_chunk, recipe, key=f"mnist-xp-chunk-{self._keys}",
-                        workers=[worker], allow_other_workers=True, pure=False))
+                placed.append(workers[len(chunks) % len(workers)])
+                chunks.append(self._build(recipe, placed[-1]))
                 sizes.append(stop - start)
+                recipes.append(recipe)
         with self.faults():  # built, or the recipe's error here
             self.client.gather(self.client.map(chunk_rows_of, chunks, pure=False))
-        return ClusterSplit(chunks, sizes, readable)
+        return ClusterSplit(chunks, sizes, recipes, placed, readable)
+
+    def _build(self, recipe: Recipe, worker: str, elsewhere: bool = True) -> Future:
+        """The chunk of this recipe, built on `worker` (or, if it is lost, `elsewhere`)."""
+        self._keys += 1
+        with warnings.catch_warnings():  # the shipped rows travel once, in the recipe
+            warnings.simplefilter("ignore", UserWarning)
+            return self.client.submit(build_chunk, recipe, key=f"mnist-xp-chunk-{self._keys}",
+                                      workers=[worker], allow_other_workers=elsewhere,
+                                      pure=False)
+
+    def _rebalance(self, split: ClusterSplit) -> None:
+        """A worker that joined after the split was placed takes its share of the chunks:
+        they are built again there from their recipes, beside the running steps, and used
+        from the first step after they are ready (the copies they replace are then let go).
+        The rows are the same, so the numbers are too."""
+        for i, (worker, future) in list(split.moving.items()):
+            if future.status == "finished":
+                split.chunks[i], split.placed[i] = future, worker
+            elif future.status == "pending" and worker in self._sent_to:
+                continue
+            else:  # it failed, or its worker left: look again
+                split.balanced_on = set()
+            del split.moving[i]
+        if split.balanced_on == set(self._sent_to) or len(self._sent_to) < 2:
+            return  # (no one joined or left since: no need to ask where the chunks are)
+        split.balanced_on = set(self._sent_to)
+        holders = self._holders(split, range(len(split.chunks)))
+        load = {w: 0 for w in self._sent_to}
+        for worker in holders.values():
+            if worker in load:
+                load[worker] += 1
+        for worker, _ in split.moving.values():
+            load[worker] += 1
+        share = len(split.chunks) // len(load)
+        for newcomer in [w for w, n in load.items() if n == 0]:
+            while load[newcomer] < share:
+                busiest = max(load, key=load.__getitem__)
+                if load[busiest] <= share:
+                    break
+                i = next(i for i, w in holders.items() if w == busiest and i not in split.moving)
+                split.moving[i] = (newcomer, self._build(split.recipes[i], newcomer, False))
+                load[busiest] -= 1
+                load[newcomer] += 1
+
 
     def _can_read(self, folder: str) -> bool:
         """Whether every worker sees the split's files (a folder shared with them)."""
@@ -301,9 +387,9 @@ class ClusterEngine:
 
     # the step and the accuracy
 
-    def train_step(self, config: Config, chunk_size: int | None = None, tail: Any = None
-                   ) -> ClusterStep:
-        return ClusterStep(self, config, None if self.gpu else 2048)
+    def train_step(self, config: Config, chunk_size: int | None = None, tail: Any = None,
+                   total_steps: int | None = None) -> ClusterStep:
+        return ClusterStep(self, config, None if self.gpu else 2048, total_steps)
 
     def accuracy(self, activation: str, chunk_size: int | None = None) -> ClusterAccuracy:
         return ClusterAccuracy(self, activation)
@@ -313,41 +399,76 @@ class ClusterEngine:
         or through the scheduler where a worker cannot be reached from here."""
         host = tuple(np.asarray(p) for p in params)
         copies = {}
-        for worker in self.workers:
+        self._sent_to = self.workers
+        for worker in self._sent_to:
             try:
-                copies[worker] = self.client.scatter(host, workers=[worker], direct=self.direct,
-                                                     hash=False)
-            except KeyError:  # the scheduler no longer knows it: retrying() goes on without
+                copies[worker] = self._watched(lambda: self.client.scatter(  # noqa: B023
+                    host, workers=[worker], direct=self.direct, hash=False,  # noqa: B023
+                    timeout=SCATTER_WAIT_S, asynchronous=True))
+            except (KeyError, TimeoutError):  # the scheduler no longer lists it: retrying()
                 raise WorkerLeft(f"worker {worker} left the cluster") from None
             if step:
                 self._out += sum(p.nbytes for p in host) * (1 if self.direct else 2)
         return copies
 
-    def _by_worker(self, split: ClusterSplit, indices: list[int]) -> dict[str | None, list[int]]:
-        """The chunks by the worker that holds each now (None: its worker died; the scheduler
-        builds it again from its recipe, wherever it runs its task)."""
-        holders = self.client.who_has([split.chunks[i] for i in indices])
-        groups: dict[str | None, list[int]] = {}
+    def _holders(self, split: ClusterSplit, indices: Iterable[int]) -> dict[int, str | None]:
+        """The worker that holds each of these chunks now, or is building it (None: its
+        worker died)."""
+        indices = list(indices)
+        who_has = self.client.who_has([split.chunks[i] for i in indices])
+        holders = {}
         for i in indices:
-            groups.setdefault((holders.get(split.chunks[i].key) or [None])[0], []).append(i)
+            holder = (who_has.get(split.chunks[i].key) or [None])[0]
+            if holder is None and split.chunks[i].status == "pending" and \
+                    split.placed[i] in self._sent_to:
+                holder = split.placed[i]  # still being built there
+            holders[i] = holder
+        return holders
+
+    def _by_worker(self, split: ClusterSplit, indices: list[int]) -> dict[str, list[int]]:
+        """The chunks grouped by the worker that holds each now (see _holders); a chunk whose
+        worker died is built again from its recipe on one of the workers left, in turn, so
+        that they share the work it was doing."""
+        groups: dict[str, list[int]] = {}
+        lost = 0
+        for i, worker in self._holders(split, indices).items():
+            if worker is None:
+                worker = self._sent_to[lost % len(self._sent_to)]
+                split.chunks[i] = self._build(split.recipes[i], worker)
+                split.placed[i] = worker
+                lost += 1
+            groups.setdefault(worker, []).append(i)
         return groups
 
     def _per_worker(self, function: Any, split: ClusterSplit, indices: list[int],
-                    params: dict[str, Future], *args: Any, tree: bool = False) -> list[Any]:
+                    params: dict[str, Future], *args: Any, tree: bool = False,
+                    kept: dict[tuple[int, ...], Future] | None = None) -> list[Any]:
         """function(worker's copy of params, *args, *its chunks) on each worker that holds
         some, gathered directly from the workers (with `tree`, first summed on the workers,
         see _summed). `args` may be a callable of the worker's chunk indices, for per-chunk
-        arguments."""
-        tasks = []
-        for worker, chunks in self._by_worker(split, indices).items():
+        arguments. `kept` holds the results (on their workers, or on their way) of chunk
+        groups of an attempt a fault ended: only the other chunks are computed again (and
+        when this attempt fails too, its own are kept in turn)."""
+        kept = {} if kept is None else kept
+        _keep_alive(kept)
+        done = {i for chunks in kept for i in chunks}
+        leaves = {}
+        for worker, chunks in self._by_worker(split, [i for i in indices if i not in done]
+                                              ).items():
             own = [a(chunks) if callable(a) else a for a in args]
             copy = params.get(worker) or next(iter(params.values()))
-            where = {"workers": [worker], "allow_other_workers": True} if worker else {}
-            tasks.append(self.client.submit(  # where a chunk's worker died: anywhere
-                function, copy, *own, *(split.chunks[i] for i in chunks), pure=False, **where))
-        if tree:
-            tasks = self._summed(tasks)
-        return self.client.gather(tasks, direct=self.direct)
+            leaves[tuple(chunks)] = self.client.submit(
+                function, copy, *own, *(split.chunks[i] for i in chunks), pure=False,
+                workers=[worker], allow_other_workers=True)
+        tasks = [*(self._summed(list(leaves.values())) if tree else leaves.values()),
+                 *kept.values()]
+        try:
+            return self._watched(lambda: self.client.gather(tasks, direct=self.direct,
+                                                            asynchronous=True))
+        except BaseException:
+            kept.update(leaves)
+            _keep_alive(kept)
+            raise
 
     def _summed(self, parts: list[Future]) -> list[Future]:
         """The partial sums added up FAN_IN at a time on the workers (each sum where the
@@ -361,23 +482,31 @@ class ClusterEngine:
 
     def gradient(self, params: list[np.ndarray], split: ClusterSplit,
                  local: dict[int, np.ndarray] | None, batch_rows: int, settings: Settings,
-                 with_loss: bool) -> tuple[float | None, list[np.ndarray]]:
+                 with_loss: bool, distortion: tuple[Distortion, int, int] | None = None,
+                 kept: dict[tuple[int, ...], Future] | None = None
+                 ) -> tuple[float | None, list[np.ndarray]]:
         """The batch's loss and gradient: on each worker, the sum over the chunks it holds
-        (the batch's rows of them, for a mini-batch); here, the sum of those partial sums."""
+        (the batch's rows of them, for a mini-batch); here, the sum of those partial sums.
+        `kept`: what earlier attempts at this step finished (see _per_worker)."""
         indices = list(range(len(split.chunks))) if local is None else sorted(local)
         shared = self._broadcast(params, step=True)
+        self._rebalance(split)
         parts = self._per_worker(worker_gradient, split, indices, shared, settings, batch_rows,
-                                 with_loss, lambda chunks: [None if local is None else local[i]
-                                                            for i in chunks], tree=True)
+                                 with_loss, lambda chunks: [
+                                     (None if local is None else local[i],
+                                      int(split.starts[i])) for i in chunks],
+                                 distortion, tree=True, kept=kept)
         hops = 1 if self.direct else 2
         self._back += hops * sum(sum(g.nbytes for g in grads) + 8 for _, grads in parts)
         self._steps += 1
         return add_up(*parts)
 
-    def hits(self, params: list[np.ndarray], split: ClusterSplit, activation: str) -> float:
+    def hits(self, params: list[np.ndarray], split: ClusterSplit, activation: str,
+             kept: dict[tuple[int, ...], Future] | None = None) -> float:
         shared = self._broadcast(params, step=False)
+        self._rebalance(split)
         return float(sum(self._per_worker(worker_hits, split, list(range(len(split.chunks))),
-                                          shared, activation)))
+                                          shared, activation, kept=kept)))
 
     # what crossed the network, and faults
 
@@ -415,8 +544,38 @@ class ClusterEngine:
                     warnings.warn(f"a worker was lost during the work ({type(exc).__name__}): "
                                   f"redone on the workers left, its rows rebuilt from their "
                                   f"recipes", stacklevel=2)
-                    time.sleep(RETRY_WAIT_S)
+                    self._await_loss(self._sent_to)
         raise AssertionError("unreachable")
+
+    def _watched(self, start: Callable[[], Awaitable[Any]]) -> Any:
+        """The result of start()'s network work, unless a worker the parameters went to
+        leaves meanwhile (WorkerLeft at once): distributed would keep trying to connect to a
+        worker killed a moment before the scheduler noticed, until its connect timeout. The
+        work is then left to end on its own (cancelling it would orphan distributed's own
+        tasks), its outcome unused."""
+        async def watch() -> Any:
+            work = asyncio.ensure_future(start())
+            try:
+                while True:
+                    done, _ = await asyncio.wait([work], timeout=WATCH_S)
+                    if done:
+                        return work.result()
+                    running = await self._ask_running()
+                    if not set(self._sent_to) <= set(running):
+                        raise WorkerLeft("a worker left the cluster during the step")
+            finally:
+                if not work.done():  # left to end on its own, its outcome read and dropped
+                    work.add_done_callback(lambda w: w.cancelled() or w.exception())
+
+        return self.client.sync(watch)
+
+    def _await_loss(self, before: list[str]) -> None:
+        """Until the scheduler has dropped a worker of `before` (the one lost; at most
+        LOSS_SEEN_S): the step is redone at once on the workers left, not sent again to the
+        dead one, whose address a connection would keep trying until distributed's timeout."""
+        deadline = time.monotonic() + LOSS_SEEN_S
+        while set(before) <= set(self._running()) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     @contextlib.contextmanager
     def faults(self) -> Iterator[None]:

@@ -13,6 +13,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from .. import augment, nn
 from ..backends import Backend, numpy_backend, select_backend
+from ..distort import Distortion
 from ..step import Accuracy, DeviceSplit, to_device
 
 
@@ -83,14 +84,19 @@ def _on_worker(chunk: DeviceSplit, params: tuple[np.ndarray, ...]
 
 
 def chunk_gradient(params: tuple[np.ndarray, ...], chunk: DeviceSplit, settings: Settings,
-                   batch_rows: int, with_loss: bool, rows: np.ndarray | None
+                   batch_rows: int, with_loss: bool, rows: np.ndarray | None, start: int = 0,
+                   distortion: tuple[Distortion, int, int] | None = None
                    ) -> tuple[float | None, list[np.ndarray]]:
     """This chunk's share of a batch of batch_rows rows: its mean loss and gradient over its
     rows (or the `rows` of it the batch takes), weighted by its share of the batch, so that
-    the shares sum to the batch's mean."""
+    the shares sum to the batch's mean. The chunk starts at row `start` of the training set,
+    which (with the seed and epoch) decides each image's distortion."""
     backend, device_params = _on_worker(chunk, params)
     if rows is not None:
         chunk = chunk.take(backend.asarray(rows))
+    if distortion is not None:
+        numbers = (np.arange(chunk.rows) if rows is None else np.asarray(rows)) + start
+        chunk = chunk.distorted(backend.asarray(numbers), *distortion)
     loss, grads = nn.loss_and_gradients(device_params, chunk.X, chunk.Y, settings.activation,
                                         settings.output, settings.loss, settings.inner_chunk,
                                         with_loss)
@@ -108,13 +114,15 @@ def add_up(*parts: tuple[float | None, list[np.ndarray]]
 
 
 def worker_gradient(params: tuple[np.ndarray, ...], settings: Settings, batch_rows: int,
-                    with_loss: bool, rows: list[np.ndarray | None], *chunks: DeviceSplit
+                    with_loss: bool, parts: list[tuple[np.ndarray | None, int]],
+                    distortion: tuple[Distortion, int, int] | None, *chunks: DeviceSplit
                     ) -> tuple[float | None, list[np.ndarray]]:
     """The sum of this worker's chunks' shares of the batch's loss and gradient, so that one
     partial sum per worker comes back (and one task per worker keeps the scheduling to one
-    hop a step)."""
-    return add_up(*(chunk_gradient(params, chunk, settings, batch_rows, with_loss, part)
-                    for chunk, part in zip(chunks, rows)))
+    hop a step). parts: each chunk's rows in the batch (None: all) and first row's number."""
+    return add_up(*(chunk_gradient(params, chunk, settings, batch_rows, with_loss, rows, start,
+                                   distortion)
+                    for chunk, (rows, start) in zip(chunks, parts)))
 
 
 def worker_hits(params: tuple[np.ndarray, ...], activation: str, *chunks: DeviceSplit
