@@ -25,6 +25,7 @@ Gaussian (Box-Muller), which VᵀUV is very nearly for a 28×28 U.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -74,6 +75,7 @@ DISTORTIONS: dict[str, Distortion | None] = {
 }
 
 
+@functools.lru_cache(maxsize=8)
 def _basis(sigma: float, kept: float = 1e-3) -> tuple[np.ndarray, int]:
     """V_K·Λ_K of the Gaussian smoothing matrix G (28×28, each row the Gaussian weights of
     width σ, truncated at the image's edge), with K the fewest eigenvalues whose squares

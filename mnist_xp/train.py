@@ -8,10 +8,12 @@ epoch going in).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -93,7 +95,9 @@ class Batches:
     per epoch from default_rng([seed, 1]). state() is the RNG's state at the start of the
     current epoch and the position in it, which is all a checkpoint needs to continue. With
     config.distort, each batch's images are distorted afresh: as its epoch (each step, in
-    full batch), counted from the step, distorts them (mnist_xp.distort)."""
+    full batch), counted from the step, distorts them (mnist_xp.distort); the next batch is
+    made on a thread of its own while the step runs (the step leaves a core idle in its
+    element-wise parts), so state() is that of the batch last handed out. close() after."""
 
     def __init__(self, split: Any, config: Config, backend: Backend,
                  state: dict[str, Any] | None = None, first_step: int = 1) -> None:
@@ -110,11 +114,36 @@ class Batches:
         self.step = first_step - 1  # the step the last batch was for
         self.per_epoch = 1 if self.size is None else math.ceil(split.rows / self.size)
         self.all_rows: Any = None
+        self._handed = self._state()
+        self._ahead: Future | None = None
+        self._maker = ThreadPoolExecutor(1) if self.distortion is not None else None
 
-    def state(self) -> dict[str, Any]:
+    def _state(self) -> dict[str, Any]:
         return {"rng": self.epoch_state, "position": self.position}
 
+    def state(self) -> dict[str, Any]:
+        """Where the batch last handed out leaves the sequence (for a checkpoint)."""
+        return self._handed
+
     def __next__(self) -> Any:
+        if self._maker is None:
+            batch, self._handed = self._make()
+            return batch
+        if self._ahead is None:
+            self._ahead = self._maker.submit(self._make)
+        batch, self._handed = self._ahead.result()
+        self._ahead = self._maker.submit(self._make)
+        return batch
+
+    def close(self) -> None:
+        if self._maker is not None:
+            self._maker.shutdown(wait=False, cancel_futures=True)
+
+    def _make(self) -> tuple[Any, dict[str, Any]]:
+        """The next batch, and the state after it."""
+        return self._next(), self._state()
+
+    def _next(self) -> Any:
         self.step += 1
         n = self.split.rows
         if self.size is None:
@@ -340,7 +369,7 @@ def _train(data: Dataset, engine: Engine, settings: RunSettings, chunk_size: int
             accuracy(model.params, train_split), accuracy(model.params, test_split)
             return time.perf_counter() - begin
         with tqdm(total=total, initial=first - 1, unit="step", disable=not progress,
-                  dynamic_ncols=True) as bar:
+                  dynamic_ncols=True) as bar, contextlib.closing(batches):
             done, done_batches = first - 1, batches.state()  # what model.params hold
             for step in range(first, total + 1):
                 batch = next(batches)

@@ -563,9 +563,8 @@ class ClusterEngine:
                     running = await self._ask_running()
                     if not set(self._sent_to) <= set(running):
                         raise WorkerLeft("a worker left the cluster during the step")
-            finally:
-                if not work.done():  # left to end on its own, its outcome read and dropped
-                    work.add_done_callback(lambda w: w.cancelled() or w.exception())
+            finally:  # when left to end on its own: its outcome read, and dropped
+                work.add_done_callback(lambda w: w.cancelled() or w.exception())
 
         return self.client.sync(watch)
 
