@@ -102,3 +102,15 @@ def test_bad_schedules_are_one_line_errors():
     with pytest.raises(UsageError, match="warm-up must be >= 0"):
         Config(warmup=-1)
     assert "cosine decay after a 3-step warm-up" in Config(schedule="cosine", warmup=3).describe()
+
+
+def test_the_record_preset_runs_from_the_command_line(tiny_dir, capsys):
+    """Its pieces together (distortions, Nesterov, warm-up and cosine, mini-batches): a few
+    steps of it run and say what they are."""
+    from mnist_xp.cli import main
+
+    assert main(["train", "--preset", "record", "--steps", "3", "--hidden", "32,32",
+                 "--device", "cpu", "--data-dir", str(tiny_dir), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "nesterov lr=0.05 (cosine decay after a 469-step warm-up)" in out
+    assert "elastic distortions" in out and "done: 3 steps" in out
