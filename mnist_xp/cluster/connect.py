@@ -5,6 +5,7 @@ an address Dask speaks, with this client's TLS credentials where it asks for the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import ssl
@@ -67,36 +68,32 @@ def start(workers: int | None, scheduler: str | None, gpu: bool, *, dashboard: b
     if not dashboard:  # the HTTP servers answer health checks only: no pages, logs, stacks
         settings.update({"distributed.scheduler.http.routes": ["distributed.http.health"],
                          "distributed.worker.http.routes": ["distributed.http.health"]})
-    forked = None
+    undo = contextlib.ExitStack()  # what a cluster started here changes until it closes
     if not gpu and "forkserver" in multiprocessing.get_all_start_methods():
         # workers forked from a server that imported distributed and NumPy once: a worker
         # that dies is replaced in a fraction of the CPU a fresh interpreter takes (read by
         # the nannies at each start, so it stays set while the cluster lives)
-        forked = dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
+        undo.enter_context(dask.config.set(
+            {"distributed.worker.multiprocessing-method": "forkserver"}))
+    cluster = client = None
     try:
         with dask.config.set(settings):
             if gpu:
                 try:
                     from dask_cuda import LocalCUDACluster
                 except ImportError:
-                    raise BackendError('--backend dask --device cuda needs dask-cuda: pip install '
-                                       '"mnist-xp[dask-cuda]"') from None
+                    raise BackendError('--backend dask --device cuda needs dask-cuda: pip '
+                                       'install "mnist-xp[dask-cuda]"') from None
                 cluster = LocalCUDACluster(n_workers=workers, **where)
             else:
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                        **where)
-    except BaseException:
-        if forked is not None:
-            forked.__exit__(None, None, None)
-        raise
-    client = Client(cluster, security=security, timeout=LOCAL_CONNECT_S)
-    try:
+        client = Client(cluster, security=security, timeout=LOCAL_CONNECT_S)
         client.register_plugin(OwnProcessGroup())
     except BaseException:
-        client.close()
-        cluster.close()
-        if forked is not None:
-            forked.__exit__(None, None, None)
+        for opened in (client, cluster, undo):
+            if opened is not None:
+                opened.close()
         raise
     note = ""
     if dashboard:
@@ -105,8 +102,7 @@ def start(workers: int | None, scheduler: str | None, gpu: bool, *, dashboard: b
         live = importlib.util.find_spec("bokeh") is not None
         note = f"dashboard at {client.dashboard_link}" + (
             "" if live else "; pip install bokeh for its live pages")
-    return _engine(client, cluster, gpu, note,
-                   on_close=forked and (lambda: forked.__exit__(None, None, None)))
+    return _engine(client, cluster, gpu, note, on_close=undo.close)
 
 
 def _quiet() -> None:

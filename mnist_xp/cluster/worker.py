@@ -92,11 +92,12 @@ def chunk_gradient(params: tuple[np.ndarray, ...], chunk: DeviceSplit, settings:
     the shares sum to the batch's mean. The chunk starts at row `start` of the training set,
     which (with the seed and epoch) decides each image's distortion."""
     backend, device_params = _on_worker(chunk, params)
-    if rows is not None:
-        chunk = chunk.take(backend.asarray(rows))
-    if distortion is not None:
-        numbers = (np.arange(chunk.rows) if rows is None else np.asarray(rows)) + start
-        chunk = chunk.distorted(backend.asarray(numbers), *distortion)
+    picked = None if rows is None else backend.asarray(rows)
+    if picked is not None:
+        chunk = chunk.take(picked)
+    if distortion is not None:  # the rows' numbers, made on the worker's device
+        local = backend.xp.arange(chunk.rows, device=backend.device) if picked is None else picked
+        chunk = chunk.distorted(local + start, *distortion)
     loss, grads = nn.loss_and_gradients(device_params, chunk.X, chunk.Y, settings.activation,
                                         settings.output, settings.loss, settings.inner_chunk,
                                         with_loss)
