@@ -22,7 +22,7 @@ Say = Callable[[str], None]
 def check_options(options: Namespace) -> None:
     """bench's numbers and cluster flags, refused before anything is timed."""
     if (options.rows < 1 or options.repeats < 1 or options.warmup < 0
-            or options.accuracy_every < 1):
+            or (options.accuracy_every is not None and options.accuracy_every < 1)):
         raise UsageError("--rows, --repeats and --accuracy-every must be at least 1, --warmup "
                          "at least 0")
     if options.chunk_size is not None and options.chunk_size < 1:
@@ -99,7 +99,8 @@ def cases_of(engine: Engine, options: Namespace, torch_ms: dict[tuple[Any, ...],
     (torch_ms keeps them)."""
     backend = engine.backend
     say(f"device: {engine.name}")
-    tails = [backend.tail] + ([ARRAY_API_TAIL] if backend.tail.name != "array-api" else [])
+    fused = engine.on_gpu and backend.tail.name != "array-api"  # timed against the reference
+    tails = [backend.tail] + ([ARRAY_API_TAIL] if fused else [])
     tf32_modes = {"both": (False, True), "on": (True,), "off": (False,)}[options.tf32]
     modes = (False,)
     if engine.on_gpu and options.dtype == "float32":
@@ -158,9 +159,10 @@ def run(options: Namespace, say: Say) -> dict[str, Any]:
                 cases_of(engine, options, torch_ms, say, cases)
         if data is not None:
             for backend in backends:
-                say(f"time to accuracy on {backend.device_name} (best preset)...")
-                accuracy.append(bench.time_to_accuracy(data, backend,
-                                                       eval_every=options.accuracy_every))
+                for preset in options.accuracy_preset:
+                    say(f"time to accuracy on {backend.device_name} ({preset} preset)...")
+                    accuracy.append(bench.time_to_accuracy(data, backend, preset,
+                                                           options.accuracy_every))
     except KeyboardInterrupt:  # what was timed so far is reported, not thrown away
         interrupted = True
     bench_report.add_speedups(cases)

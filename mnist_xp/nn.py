@@ -253,7 +253,7 @@ def loss_and_gradients(params: list[Array], X: Array, Y: Array, activation: str,
             total_loss, total_grads = value, grads
         else:
             total_loss = total_loss + value if with_loss else None
-            total_grads = [total + g for total, g in zip(total_grads, grads)]
+            total_grads = [add_into(total, g) for total, g in zip(total_grads, grads)]
     return total_loss, total_grads
 
 

@@ -1,5 +1,6 @@
 """Tails: the element-wise work of a step behind nn.Tail. The Array API tail is the reference;
-CuPy's fused kernels (gpu) and a tail built the fused way from xp calls must match it."""
+CuPy's fused kernels (gpu), NumPy's Adam and a tail built the fused way from xp calls must
+match it."""
 
 from __future__ import annotations
 
@@ -75,6 +76,32 @@ def test_the_fused_adam_arithmetic_equals_adam(backend_dtype):
     for got, want in zip(_adam_steps(backend, dtype, _adam_update),
                          _adam_steps(backend, dtype, None)):
         assert_close(got, want, dtype, scale=10)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpys_adam_equals_adam_and_writes_to_nothing_it_is_given(dtype):
+    """NumPy's tail: Adam through out= into fresh arrays, the fused form's arithmetic. Its
+    steps equal optim.Adam's (with L2 decay), and p, g, m and v are left as they were."""
+    from mnist_xp.backends.numpy import NUMPY_TAIL
+
+    backend = make_backend("numpy")
+    assert backend.tail is NUMPY_TAIL
+    for got, want in zip(_adam_steps(backend, dtype, NUMPY_TAIL.adam_update),
+                         _adam_steps(backend, dtype, None)):
+        assert_close(got, want, dtype, scale=10)
+    rng = np.random.default_rng(5)
+    p, g, m, v = (rng.standard_normal((7, 5)).astype(dtype) for _ in range(4))
+    v = v * v
+    given = [a.copy() for a in (p, g, m, v)]
+    step_size, eps_hat = np.asarray(0.01, dtype), np.asarray(1e-8, dtype)
+    new = NUMPY_TAIL.adam_update(p, g, m, v, step_size, 0.9, 0.999, eps_hat, 1e-3)
+    want = _adam_update(p, g, m, v, step_size, 0.9, 0.999, eps_hat, 1e-3)
+    for got, expected in zip(new, want):
+        assert got.dtype == dtype
+        assert_close(got, expected, dtype)
+    for before, after in zip(given, (p, g, m, v)):
+        np.testing.assert_array_equal(before, after)
+    assert not any(np.shares_memory(a, b) for a in new for b in (p, g, m, v))
 
 
 @pytest.fixture(params=[pytest.param("float32", marks=GPU), pytest.param("float64", marks=GPU)])

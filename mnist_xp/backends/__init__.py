@@ -18,9 +18,10 @@ __all__ = ["CHOICES", "LIBRARIES", "Backend", "LibraryMissing", "check_pair", "n
            "parse_device", "select_backend"]
 
 
-def numpy_backend(note: str = "") -> Backend:
-    """NumPy on the host CPU."""
-    return Backend(np, "cpu", name=f"numpy {np.__version__} on cpu", note=note)
+def numpy_backend(note: str = "", reference: bool = False) -> Backend:
+    """NumPy on the host CPU (with `reference`, the Array API tail only: see backends.numpy)."""
+    return Backend(np, "cpu", name=f"numpy {np.__version__} on cpu", note=note,
+                   reference=reference)
 
 
 def check_pair(device: str, backend: str) -> tuple[str, int | None, str]:

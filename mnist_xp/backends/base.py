@@ -41,7 +41,7 @@ def library_version(library: str) -> str:
 def _backend_class(xp: Any) -> type[Backend]:
     """The Backend subclass for xp's library (backends/<library>.py, imported when used)."""
     library = library_of(xp)
-    if library is None or library.name == "numpy":
+    if library is None:
         return Backend
     return adapter(library.name).BACKEND
 
