@@ -142,6 +142,8 @@ class Tail:
     softmax_ce_gradient(Z, Y, m) -> dZ (softmax(Z) - Y) / m
     adam_update(p, g, m, v, ...)       one fused Adam update returning (p, m, v), or None for
                                        optim.Adam's own
+    momentum_update(p, g, v, ...)      one fused momentum or Nesterov update returning (p, v),
+                                       or None for optim.Momentum's own
     """
 
     name: str = "array-api"
@@ -149,6 +151,7 @@ class Tail:
     relu_backward: Callable[[Array, Array], Array] = times_slope
     softmax_ce_gradient: Callable[[Array, Array, int], Array] = softmax_ce_gradient
     adam_update: Callable[..., tuple[Array, Array, Array]] | None = None
+    momentum_update: Callable[..., tuple[Array, Array]] | None = None
 
 
 ARRAY_API_TAIL = Tail()

@@ -61,19 +61,33 @@ class SGD:
 
 
 class Momentum(SGD):
-    """v ← μ·v + g;  θ ← θ - η·v  (heavy-ball momentum)"""
+    """v ← μ·v + g;  θ ← θ - η·v  (heavy-ball momentum)
+
+    `fused_update(p, g, v, lr, momentum, decay, nesterov) -> (p, v)`, when given, does one
+    parameter's whole update at once (NumPy's, through out=); decay is the L2 λ for weight
+    matrices, 0 for biases. The default is the Array API update below.
+    """
 
     STATE = ("velocity",)
+    NESTEROV = False
 
     def __init__(self, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 schedule: Schedule = CONSTANT) -> None:
+                 schedule: Schedule = CONSTANT,
+                 fused_update: Callable[..., tuple[Array, Array]] | None = None) -> None:
         super().__init__(lr, weight_decay, schedule)
-        self.momentum = momentum
+        self.momentum, self.fused_update = momentum, fused_update
 
     def update(self, params: list[Array], grads: list[Array], state: State
                ) -> tuple[list[Array], State]:
         t = state["t"] + 1
         lr = self.rate(t)
+        if self.fused_update is not None:
+            updated = [self.fused_update(p, g, v, lr, self.momentum,
+                                         self.weight_decay if p.ndim == 2 else 0.0,
+                                         self.NESTEROV)
+                       for p, g, v in zip(params, grads, state["velocity"])]
+            new, velocity = (list(column) for column in zip(*updated))
+            return new, {"t": t, "velocity": velocity}
         grads = [_with_decay(p, g, self.weight_decay) for p, g in zip(params, grads)]
         velocity = [self.momentum * v + g for g, v in zip(grads, state["velocity"])]
         new = [p - lr * self.direction(g, v) for p, g, v in zip(params, grads, velocity)]
@@ -86,6 +100,8 @@ class Momentum(SGD):
 class Nesterov(Momentum):
     """v ← μ·v + g;  θ ← θ - η·(g + μ·v)  (Nesterov's momentum, in the form of Sutskever et
     al. 2013 that PyTorch and Keras use: the step looks ahead along the new velocity)"""
+
+    NESTEROV = True
 
     def direction(self, g: Array, v: Array) -> Array:
         return g + self.momentum * v
@@ -145,12 +161,14 @@ OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adam": Ad
 
 
 def make_optimizer(name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
-                   fused_adam: Callable[..., tuple[Array, Array, Array]] | None = None,
-                   schedule: Schedule = CONSTANT) -> SGD:
-    """The optimizer `name`; `fused_adam` (a Tail's adam_update) is used by Adam only."""
+                   fused: Any = None, schedule: Schedule = CONSTANT) -> SGD:
+    """The optimizer `name`. `fused` (a Tail) lends its adam_update to Adam and its
+    momentum_update to momentum and Nesterov where it has them."""
     if name in ("momentum", "nesterov"):
         return OPTIMIZERS[name](lr, momentum=momentum, weight_decay=weight_decay,
-                                schedule=schedule)
+                                schedule=schedule,
+                                fused_update=getattr(fused, "momentum_update", None))
     if name == "adam":
-        return Adam(lr, weight_decay=weight_decay, fused_update=fused_adam, schedule=schedule)
+        return Adam(lr, weight_decay=weight_decay,
+                    fused_update=getattr(fused, "adam_update", None), schedule=schedule)
     return OPTIMIZERS[name](lr, weight_decay=weight_decay, schedule=schedule)

@@ -117,8 +117,7 @@ class TrainStep:
         self.tail = tail = tail or backend.tail
         schedule = config.schedule_for(total_steps or config.steps)
         self.optimizer = optimizer = make_optimizer(
-            config.optimizer, config.lr, config.weight_decay, config.momentum, tail.adam_update,
-            schedule)
+            config.optimizer, config.lr, config.weight_decay, config.momentum, tail, schedule)
         chunk_size = None if backend.data_is_chunked else chunk_size
 
         def step(params: list[Any], state: State, X: Any, Y: Any, with_loss: bool

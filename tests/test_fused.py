@@ -104,6 +104,37 @@ def test_numpys_adam_equals_adam_and_writes_to_nothing_it_is_given(dtype):
     assert not any(np.shares_memory(a, b) for a in new for b in (p, g, m, v))
 
 
+@pytest.mark.parametrize("nesterov", [False, True], ids=["momentum", "nesterov"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpys_momentum_equals_momentum_and_writes_to_nothing_it_is_given(dtype, nesterov):
+    """NumPy's momentum and Nesterov updates, with L2 decay, give optim's exact numbers over 5
+    steps (the same operations in the same order), leaving their arguments as they were."""
+    from mnist_xp.backends.numpy import NUMPY_TAIL
+    from mnist_xp.optim import make_optimizer
+
+    name = "nesterov" if nesterov else "momentum"
+    rng = np.random.default_rng(6)
+    params = [rng.standard_normal((6, 4)).astype(dtype), rng.standard_normal(4).astype(dtype)]
+    runs = []
+    for fused in (NUMPY_TAIL, None):
+        optimizer = make_optimizer(name, 0.05, weight_decay=1e-3, momentum=0.9, fused=fused)
+        p, state = params, optimizer.init(params)
+        for step in range(5):
+            grads = [np.sin(a * (step + 1)).astype(dtype) for a in params]
+            arguments = (*p, *grads, *state["velocity"])
+            given = [a.copy() for a in arguments]
+            p, state = optimizer.update(p, grads, state)
+            for before, after in zip(given, arguments):
+                np.testing.assert_array_equal(before, after)
+        runs.append(p)
+    for got, want in zip(*runs):
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got, want)
+    p, g, v = (rng.standard_normal((3, 5)).astype(dtype) for _ in range(3))
+    new = NUMPY_TAIL.momentum_update(p, g, v, 0.1, 0.9, 1e-3, nesterov)
+    assert not any(np.shares_memory(a, b) for a in new for b in (p, g, v))
+
+
 @pytest.fixture(params=[pytest.param("float32", marks=GPU), pytest.param("float64", marks=GPU)])
 def cupy_dtype(request):
     return make_backend("cupy-cuda"), request.param

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from mnist_xp import Config, train
+from mnist_xp.backends.numpy import NUMPY_TAIL
 from mnist_xp.checkpoint import load_checkpoint
 from mnist_xp.errors import Interrupted, UsageError
 from mnist_xp.optim import make_optimizer
@@ -39,13 +40,15 @@ def test_each_schedule_gives_the_factors_worked_out_by_hand(backend_dtype, sched
     assert_close(np.array(got), np.array(BY_HAND[schedule]), dtype)
 
 
+@pytest.mark.parametrize("fused", [None, NUMPY_TAIL], ids=["array-api", "numpy"])
 @pytest.mark.parametrize("name", ["sgd", "momentum", "nesterov", "adam"])
-def test_each_optimizer_steps_at_the_scheduled_rate(name):
+def test_each_optimizer_steps_at_the_scheduled_rate(name, fused):
     """Three steps of each optimizer with a cosine schedule and warm-up against the update
-    written out here, one scalar parameter, gradients 1, 2, 3."""
+    written out here, one scalar parameter, gradients 1, 2, 3: the Array API updates and
+    NumPy's own (backends.numpy)."""
     schedule = Schedule("cosine", warmup=1, total=3)
     lr, mu = 0.1, 0.9
-    optimizer = make_optimizer(name, lr, momentum=mu, schedule=schedule)
+    optimizer = make_optimizer(name, lr, momentum=mu, fused=fused, schedule=schedule)
     params = [np.array([1.0])]
     state = optimizer.init(params)
     want, v, m, s = 1.0, 0.0, 0.0, 0.0
