@@ -1,6 +1,6 @@
 """Mini-batch training against its peers, measured back to back on one machine:
 
-    python bench/minibatch_peers.py --data-dir DIR [--rounds 3] [--json FILE]
+    python bench/minibatch_peers.py [--data-dir DIR] [--rounds 3] [--json FILE]
 
 The peer configuration: 784→256→10 ReLU, softmax cross-entropy, Adam (lr 1e-3, β 0.9/0.999,
 ε 1e-8... Keras's ε is 1e-7), mini-batches of 200 shuffled afresh each epoch, 10 epochs over
@@ -33,7 +33,7 @@ import json, sys, time
 from mnist_xp.backends import select_backend
 from mnist_xp.datasets import load_dataset
 from mnist_xp.train import train
-data = load_dataset("mnist", sys.argv[1])
+data = load_dataset("mnist", sys.argv[1] or None)
 backend = select_backend("cpu", sys.argv[2])
 steps = {epochs} * (60_000 // {batch})
 model, history = train(data, backend, None, hidden=({hidden},), optimizer="adam", lr={lr},
@@ -49,7 +49,7 @@ os.environ["KERAS_BACKEND"] = sys.argv[2]
 import numpy as np
 import keras
 from mnist_xp.datasets import load_dataset
-data = load_dataset("mnist", sys.argv[1])
+data = load_dataset("mnist", sys.argv[1] or None)
 (x, y), (xt, yt) = data.split("train"), data.split("test")
 x = x.reshape(len(x), -1).astype("float32") / 255
 xt = xt.reshape(len(xt), -1).astype("float32") / 255
@@ -96,7 +96,8 @@ def run(script: str, data_dir: str, backend: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--data-dir", default="", help="MNIST's four files (default: "
+                        "$MNIST_XP_DATA_DIR or the cache, downloading them once)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", nargs="+", help="contenders to run (default: all installed)")
     parser.add_argument("--json", help="write the rounds and medians here")
