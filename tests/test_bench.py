@@ -258,6 +258,19 @@ def test_bench_times_a_mini_batch_preset_once_per_epoch_to_its_targets(tiny_dir,
     assert record["steps_run"] <= 3 * record["eval_every"]
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--accuracy-every", "0"], "--accuracy-every must be at least 1"),
+    (["--accuracy-preset", "fastest"], "--accuracy-preset: invalid choice: 'fastest'")])
+def test_bench_refuses_a_bad_accuracy_flag_before_timing(flags, message, capsys):
+    try:
+        status = main(["bench", "--device", "cpu", "--hidden", "8", *flags])
+    except SystemExit as refused:  # argparse's own refusal
+        status = refused.code
+    assert status == 2
+    captured = capsys.readouterr()
+    assert message in captured.err.strip().splitlines()[-1] and "device:" not in captured.out
+
+
 def test_ctrl_c_in_bench_keeps_what_was_timed(tmp_path, capsys, monkeypatch):
     """Ctrl-C during the second case: the first is in the report and the JSON, which says it
     was interrupted, the command says so in one line and exits 130; no line says tf32=None
