@@ -1,7 +1,7 @@
 """Kill one of three workers at a random moment of a run, RUNS runs in a row, and say for each
 whether it finished with NumPy's accuracy and how many steps' worth of time the fault cost:
 
-    python bench/worker_kills.py [RUNS] [--signal KILL|TERM]
+    python bench/worker_kills.py [RUNS] [--signal KILL|TERM] [--workers 3]
 
 Each run trains 784-128-10 with Adam, full batch, for 30 steps on 20,000 synthetic digits on
 a LocalCluster of 3 single-thread workers (--workers 3); a timer kills one worker, chosen at
@@ -65,6 +65,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=int, nargs="?", default=20)
     parser.add_argument("--signal", choices=("KILL", "TERM"), default="KILL")
+    parser.add_argument("--workers", type=int, default=WORKERS,
+                        help=f"single-thread workers (default: {WORKERS})")
     args = parser.parse_args()
     signum = getattr(signal, f"SIG{args.signal}")
     data = synthetic_digits(20_000, 2_000)
@@ -73,11 +75,11 @@ if __name__ == "__main__":
     want = reference.last["test_accuracy"]
     rng = random.Random(0)
     costs, failures, floors = [], 0, []
-    with select_engine("cpu", "dask", workers=WORKERS) as engine:
+    with select_engine("cpu", "dask", workers=args.workers) as engine:
         print(f"{engine}; NumPy's test accuracy {want:.4f}", flush=True)
         for run in range(1, args.runs + 1):
             deadline = time.time() + 60  # the nanny's new worker, then its first imports
-            while len(engine.workers) < WORKERS and time.time() < deadline:
+            while len(engine.workers) < args.workers and time.time() < deadline:
                 time.sleep(0.2)
             train(data, engine, config.replace(steps=2), eval_every=2)
             floor, per_step, _, _ = timed(data, engine, config)
