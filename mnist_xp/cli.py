@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--accuracy-preset", nargs="+", default=["best"], choices=list(PRESETS),
                        metavar="PRESET", help="the presets time to accuracy trains: best "
                        "(the default run; to 97%% and 98%%) and record (to 98%%, 99%% and "
-                       "99.4%%, about 15 minutes on 2 CPU cores) or any other (default: best)")
+                       "99.4%%: about 7 minutes on 2 CPU cores) or any other (default: best)")
     bench.add_argument("--accuracy-every", type=int, metavar="K",
                        help="check test accuracy every K steps for time to accuracy (default: 5 "
                             "in full batch, once per epoch with mini-batches)")
