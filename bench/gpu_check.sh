@@ -14,6 +14,8 @@
 #   bench.{txt,json,md,png}        mnist-xp bench on every backend, the GPU's and the CPU's
 #   accuracy.{txt,json,md}         time to 97%/98% for `best`, when MNIST_XP_DATA_DIR is set
 #   all-tests.txt                  the whole suite (skipped with --quick)
+#   record.{txt,json,md}           time to 98%/99%/99.4% for `record` on the GPU, when
+#                                  MNIST_XP_DATA_DIR is set (last: minutes)
 # and says which steps failed. The project and array-api-compat may come as wheels on
 # PYTHONPATH (see ../shared/gpu/README.md); everything runs as python3 -m ...
 set -u
@@ -60,6 +62,10 @@ if [ -n "${MNIST_XP_DATA_DIR:-}" ]; then
 fi
 if [ "$quick" -eq 0 ]; then
     step all-tests python3 -m pytest -q -rs -p no:cacheprovider tests
+fi
+if [ -n "${MNIST_XP_DATA_DIR:-}" ]; then  # last: the longest, and nothing waits on it
+    step record python3 -m mnist_xp bench --device cuda --hidden 128 --repeats 5 \
+        --no-torch --accuracy-preset record --json "$out/record.json" --markdown "$out/record.md"
 fi
 
 echo "results in $out"
