@@ -9,8 +9,6 @@ trains on the real data.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 import platform
 import statistics
@@ -307,9 +305,9 @@ def time_to_accuracy(data: Dataset, backend: Backend, preset: str = "best",
     config = get_preset(preset)
     targets = ACCURACY_TARGETS.get(preset, DEFAULT_TARGETS)
     if eval_every is None:
-        eval_every = (5 if config.batch_size is None else
-                      math.ceil(len(data.train_labels) * config.augment / config.batch_size))
-    train(data, backend, dataclasses.replace(config, steps=2, epochs=None), log_every=2)
+        eval_every = (5 if config.batch_size is None else  # one epoch's steps
+                      config.replace(epochs=1).total_steps(len(data.train_labels)))
+    train(data, backend, config.replace(steps=2, epochs=None), log_every=2)
     _, history = train(data, backend, preset, eval_every=eval_every, log_every=eval_every,
                        stop_at_accuracy=max(targets), progress=True)
     reached: dict[str, Any] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .files import atomic_write, check_output, json_text
 from .plotting import pyplot, save_png
 
 
@@ -162,3 +163,30 @@ def plot(result: dict[str, Any], path: Path) -> None:
                     + "; ".join(result["machine"].get("gpus", ["no GPU"])), fontsize=9)
     figure.tight_layout()
     save_png(figure, path, dpi=110)
+
+
+def check_outputs(json_path: Path | None, markdown_path: Path | None,
+                  plot_path: Path | None) -> None:
+    """bench's output files, checked before anything is timed (and the plot extra with
+    --plot: missing, it is a usage error before the timings, not after)."""
+    for option, path, example in (("--json", json_path, "bench.json"),
+                                  ("--markdown", markdown_path, "bench.md"),
+                                  ("--plot", plot_path, "bench.png")):
+        check_output(path, option, example)
+    if plot_path:
+        pyplot()
+
+
+def write(result: dict[str, Any], json_path: Path | None, markdown_path: Path | None,
+          plot_path: Path | None) -> str:
+    """Write the result as JSON, its report as Markdown and its plot, where asked (each
+    atomically); returns the report."""
+    report = markdown(result)
+    if json_path:
+        text = json_text(result)
+        atomic_write(json_path, lambda handle: handle.write(text.encode()))
+    if markdown_path:
+        atomic_write(markdown_path, lambda handle: handle.write(report.encode()))
+    if plot_path and result["cases"]:
+        plot(result, plot_path)
+    return report

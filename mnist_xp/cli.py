@@ -30,9 +30,7 @@ from .engines import Engine, select_engine
 from .errors import Interrupted, MnistXpError, UsageError
 from .files import (
     atomic_write,
-    check_distinct,
     check_not_inputs,
-    check_output,
     json_text,
     keep_output,
 )
@@ -40,7 +38,7 @@ from .model import MLP
 from .modelfile import read_model_file
 from .plotting import pyplot
 from .presets import PRESETS
-from .settings import RunSettings, check_run
+from .settings import RunSettings, check_outputs, check_run
 from .stopping import Abort, signal_name, stop_on_signals
 from .train import evaluate, run_metrics, train
 from .version import __version__
@@ -216,11 +214,6 @@ def _backend(args: argparse.Namespace) -> Backend:
     return _engine(args).backend
 
 
-def _write_json(path: Path, value: Any) -> None:
-    text = json_text(value)
-    atomic_write(path, lambda handle: handle.write(text.encode()))
-
-
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     """The Config fields set on the command line ('full' batches are None)."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
@@ -230,26 +223,9 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
-    """The files a run writes: each writable, each its own, none the checkpoint resumed."""
-    check_output(args.save, "--save", "model.npz")
-    check_output(args.metrics_out, "--metrics-out", "metrics.json")
-    check_output(args.checkpoint, "--checkpoint", "checkpoint.npz")
-    check_distinct([("--save", args.save), ("--metrics-out", args.metrics_out),
-                    ("--checkpoint", args.checkpoint)])
-    if args.save is not None and args.resume is not None and \
-            Path(args.save).resolve() == Path(args.resume).resolve():
-        raise UsageError(f"--save {args.save} is the checkpoint given to --resume: the model "
-                         f"would replace it, and a model cannot be resumed; --checkpoint "
-                         f"{args.resume} keeps it up to date instead")
-    # --checkpoint may name the checkpoint resumed: it keeps that one up to date
-    check_not_inputs([(f"--metrics-out {args.metrics_out}", args.metrics_out)],
-                     [("--resume", args.resume)])
-
-
 def _run_settings(args: argparse.Namespace) -> RunSettings:
     """The run's settings through the one gate, before any data loads."""
-    _check_outputs(args)
+    check_outputs(args.save, args.metrics_out, args.checkpoint, args.resume)
     return check_run(args.preset, _given(args), train_rows=lambda name: train_rows(
         name, args.data_dir), resume=load_checkpoint(args.resume) if args.resume else None,
         dataset=args.dataset, eval_every=args.eval_every, log_every=args.log_every,
@@ -406,21 +382,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench_report, benchmark
 
     benchmark.check_options(args)
-    for option, path, example in (("--json", args.json, "bench.json"),
-                                  ("--markdown", args.markdown, "bench.md"),
-                                  ("--plot", args.plot, "bench.png")):
-        check_output(path, option, example)
-    if args.plot:
-        pyplot()  # a missing plot extra is a usage error before the timings, not after
+    bench_report.check_outputs(args.json, args.markdown, args.plot)
     result = benchmark.run(args, say=lambda line: print(line, flush=True))
-    report = bench_report.markdown(result)
-    print(report)
-    if args.json:
-        _write_json(args.json, result)
-    if args.markdown:
-        atomic_write(args.markdown, lambda handle: handle.write(report.encode()))
-    if args.plot and result["cases"]:
-        bench_report.plot(result, args.plot)
+    print(bench_report.write(result, args.json, args.markdown, args.plot))
     if result.get("interrupted"):
         written = [str(p) for p in (args.json, args.markdown, args.plot) if p]
         print(f"interrupted by Ctrl-C: the report above holds the {len(result['cases'])} "

@@ -14,6 +14,7 @@ from typing import Any
 from .checkpoint import Checkpoint
 from .config import LENGTH, Config, resolve, resumed, setting
 from .errors import UsageError
+from .files import check_distinct, check_not_inputs, check_output
 from .presets import get_preset
 
 MAX_CHUNKS = 4096  # chunks a step's rows may be cut into (each costs a pass, or a Dask task)
@@ -107,3 +108,19 @@ def _with_length(preset: str | Config | None, given: dict[str, Any]) -> dict[str
         return given
     by_epochs = preset.batch_size is not None and preset.epochs is not None
     return {**given, **({"epochs": preset.epochs} if by_epochs else {"steps": preset.steps})}
+
+
+def check_outputs(save: Path | None, metrics_out: Path | None, checkpoint: Path | None,
+                  resume: Path | None) -> None:
+    """The files a run writes: each writable, each its own, none the checkpoint resumed
+    (--checkpoint may name it: it keeps that one up to date)."""
+    check_output(save, "--save", "model.npz")
+    check_output(metrics_out, "--metrics-out", "metrics.json")
+    check_output(checkpoint, "--checkpoint", "checkpoint.npz")
+    check_distinct([("--save", save), ("--metrics-out", metrics_out),
+                    ("--checkpoint", checkpoint)])
+    if save is not None and resume is not None and Path(save).resolve() == Path(resume).resolve():
+        raise UsageError(f"--save {save} is the checkpoint given to --resume: the model "
+                         f"would replace it, and a model cannot be resumed; --checkpoint "
+                         f"{resume} keeps it up to date instead")
+    check_not_inputs([(f"--metrics-out {metrics_out}", metrics_out)], [("--resume", resume)])

@@ -3,7 +3,6 @@ error. No timings are asserted: speed lives in `mnist-xp bench`, not in tests.""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -241,7 +240,7 @@ def test_bench_times_a_mini_batch_preset_once_per_epoch_to_its_targets(tiny_dir,
     a small net, so that the test trains in seconds)."""
     from mnist_xp import presets
 
-    small = dataclasses.replace(presets.PRESETS["record"], hidden=(16,), epochs=3)
+    small = presets.PRESETS["record"].replace(hidden=(16,), epochs=3)
     monkeypatch.setitem(presets.PRESETS, "record", small)
     out_json = tiny_dir / "bench.json"
     assert main(["bench", "--device", "cpu", "--rows", "300", "--hidden", "16", "--repeats", "1",
