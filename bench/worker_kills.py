@@ -10,8 +10,9 @@ starts a new worker, which takes its share of the rows back during the run.
 
 The host is shared and noisy: two runs without a fault differ by up to two steps' time. So
 what a fault cost is measured inside its run: the time each step took (from one end of a
-step to the next, a failed attempt included) less the run's median step, summed over its
-steps, in steps of that median. Each run with a fault is paired with one without, just
+step to the next, a failed attempt included; the last step's without the run's one
+evaluation, which follows it) less the run's median step, summed over its steps, in steps of
+that median. Each run with a fault is paired with one without, just
 before it on the same warm workers, whose sum (the noise floor: steps are never faster than
 their median by much, sometimes slower) is printed beside it. Before the pair, a short
 untimed run lets the new worker of the previous fault import what it needs.
@@ -55,6 +56,7 @@ def timed(data, engine, config, kill_after=None, victim=None, signum=signal.SIGK
         if timer:
             timer.cancel()
     steps = [b - a for a, b in zip(ends, ends[1:])]
+    steps[-1] -= history.last["seconds"] - history.last["train_seconds"]  # not a step's time
     typical = statistics.median(steps)
     excess = sum(d - typical for d in steps) / typical
     redone = sum("worker was lost" in str(w.message) for w in caught)

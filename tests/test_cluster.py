@@ -155,6 +155,47 @@ def test_resume_on_the_cluster_equals_straight_through(cluster, tiny_data, tmp_p
     assert history.steps == 8
 
 
+def test_local_workers_are_forked_from_a_server_that_imported_the_worker_code(cluster):
+    """A replacement worker starts with this package's worker code already imported, not
+    importing it while the workers it joins are in the middle of a step: its parent, the
+    forkserver, was told to import it."""
+    def parent_command_line() -> str:
+        return open(f"/proc/{os.getppid()}/cmdline", "rb").read().decode()
+
+    if not os.path.exists("/proc/self/cmdline"):
+        pytest.skip("needs /proc to read a process's command line")
+    for command in cluster.client.run(parent_command_line).values():
+        assert "multiprocessing.forkserver" in command
+        assert "mnist_xp.cluster.worker" in command
+
+
+def test_a_redone_attempt_uses_the_copies_of_the_parameters_its_workers_hold(cluster):
+    """An attempt a fault ended leaves the parameters on the workers it reached: the next
+    attempt at the same work uses those copies and sends none; other work sends its own."""
+    import numpy as np
+
+    from mnist_xp.cluster.engine import WorkerLeft
+
+    params = [np.ones((3, 2), np.float32)]
+    attempts = []
+
+    def fails_once(params):
+        attempts.append(cluster._broadcast(params, step=True))
+        if len(attempts) == 1:
+            raise WorkerLeft("a worker left")
+        return attempts[-1]
+
+    before = cluster._out
+    with pytest.warns(UserWarning, match="a worker was lost during the work"):
+        cluster.retrying(fails_once, params)
+    workers = len(cluster.workers)
+    assert attempts[1] == attempts[0] and cluster._out - before == workers * 24
+    attempts.clear()
+    with pytest.warns(UserWarning, match="a worker was lost during the work"):
+        cluster.retrying(fails_once, [p.copy() for p in params])  # new work: sent once more
+    assert attempts[1] == attempts[0] and cluster._out - before == 2 * workers * 24
+
+
 async def _crash() -> None:
     os._exit(1)
 

@@ -75,6 +75,7 @@ def start(workers: int | None, scheduler: str | None, gpu: bool, *, dashboard: b
         # the nannies at each start, so it stays set while the cluster lives)
         undo.enter_context(dask.config.set(
             {"distributed.worker.multiprocessing-method": "forkserver"}))
+        _preload_worker_code()
     cluster = client = None
     try:
         with dask.config.set(settings):
@@ -103,6 +104,20 @@ def start(workers: int | None, scheduler: str | None, gpu: bool, *, dashboard: b
         note = f"dashboard at {client.dashboard_link}" + (
             "" if live else "; pip install bokeh for its live pages")
     return _engine(client, cluster, gpu, note, on_close=undo.close)
+
+
+def _preload_worker_code() -> None:
+    """The forkserver imports this package's worker code too, beside what distributed has it
+    import: a worker forked from it starts with it, not importing it while the workers it
+    joins are in the middle of a step. In effect only where the forkserver has not started
+    yet."""
+    import multiprocessing.forkserver
+
+    from distributed.utils import get_mp_context
+
+    context = get_mp_context()  # distributed's own list set first, then extended
+    modules = getattr(multiprocessing.forkserver._forkserver, "_preload_modules", None)
+    context.set_forkserver_preload([*(modules or ["distributed"]), f"{__package__}.worker"])
 
 
 def _quiet() -> None:

@@ -213,6 +213,8 @@ class ClusterEngine:
         self._out = self._back = self._steps = 0
         self._keys = 0
         self._sent_to: list[str] = []  # the workers the parameters last went to
+        # the parameters last sent for the work retrying() attempts, and each worker's copy
+        self._copies: tuple[tuple[np.ndarray, ...], dict[str, list[Future]]] = ((), {})
         self.address = client.scheduler.address
         self.name = self.describe()
         self.direct = self._reaches_workers()  # else the scheduler relays parameters and sums
@@ -394,22 +396,29 @@ class ClusterEngine:
     def accuracy(self, activation: str, chunk_size: int | None = None) -> ClusterAccuracy:
         return ClusterAccuracy(self, activation)
 
-    def _broadcast(self, params: list[np.ndarray], step: bool) -> dict[str, Future]:
+    def _broadcast(self, params: list[np.ndarray], step: bool) -> dict[str, list[Future]]:
         """The parameters, one copy sent to each worker (counted when for a step): directly,
-        or through the scheduler where a worker cannot be reached from here."""
+        or through the scheduler where a worker cannot be reached from here. In a step redone
+        after a fault, the workers left keep the copies they were sent for the failed
+        attempt: only a worker without one is sent one (see retrying)."""
         host = tuple(np.asarray(p) for p in params)
-        copies = {}
+        held, _ = self._copies
+        if len(held) != len(host) or any(a is not b for a, b in zip(held, host)):
+            self._copies = (host, {})  # new parameters: the old copies are let go
+        sent = self._copies[1]
         self._sent_to = self.workers
         for worker in self._sent_to:
+            if worker in sent and all(part.status == "finished" for part in sent[worker]):
+                continue
             try:
-                copies[worker] = self._watched(lambda: self.client.scatter(  # noqa: B023
+                sent[worker] = self._watched(lambda: self.client.scatter(  # noqa: B023
                     host, workers=[worker], direct=self.direct, hash=False,  # noqa: B023
                     timeout=SCATTER_WAIT_S, asynchronous=True))
             except (KeyError, TimeoutError):  # the scheduler no longer lists it: retrying()
                 raise WorkerLeft(f"worker {worker} left the cluster") from None
             if step:
                 self._out += sum(p.nbytes for p in host) * (1 if self.direct else 2)
-        return copies
+        return {worker: sent[worker] for worker in self._sent_to}
 
     def _holders(self, split: ClusterSplit, indices: Iterable[int]) -> dict[int, str | None]:
         """The worker that holds each of these chunks now, or is building it (None: its
@@ -441,7 +450,7 @@ class ClusterEngine:
         return groups
 
     def _per_worker(self, function: Any, split: ClusterSplit, indices: list[int],
-                    params: dict[str, Future], *args: Any, tree: bool = False,
+                    params: dict[str, list[Future]], *args: Any, tree: bool = False,
                     kept: dict[tuple[int, ...], Future] | None = None) -> list[Any]:
         """function(worker's copy of params, *args, *its chunks) on each worker that holds
         some, gathered directly from the workers (with `tree`, first summed on the workers,
@@ -531,6 +540,7 @@ class ClusterEngine:
         before stays as it was."""
         from distributed import CancelledError
 
+        self._copies = ((), {})  # copies sent for other work are not this work's
         for attempt in range(RETRIES):
             with self.faults():
                 try:
