@@ -1,7 +1,7 @@
 """Kill one of three workers at a random moment of a run, RUNS runs in a row, and say for each
 whether it finished with NumPy's accuracy and how many steps' worth of time the fault cost:
 
-    python bench/worker_kills.py [RUNS] [--signal KILL|TERM] [--workers 3]
+    python bench/worker_kills.py [RUNS] [--signal KILL|TERM] [--workers 3] [--steps]
 
 Each run trains 784-128-10 with Adam, full batch, for 30 steps on 20,000 synthetic digits on
 a LocalCluster of 3 single-thread workers (--workers 3); a timer kills one worker, chosen at
@@ -15,7 +15,8 @@ evaluation, which follows it) less the run's median step, summed over its steps,
 that median. Each run with a fault is paired with one without, just
 before it on the same warm workers, whose sum (the noise floor: steps are never faster than
 their median by much, sometimes slower) is printed beside it. Before the pair, a short
-untimed run lets the new worker of the previous fault import what it needs.
+untimed run lets the new worker of the previous fault import what it needs. `--steps`
+prints each step's time in the runs with a fault, the step the kill hit marked with *.
 """
 from __future__ import annotations
 
@@ -38,10 +39,16 @@ WORKERS = 3
 
 
 def timed(data, engine, config, kill_after=None, victim=None, signum=signal.SIGKILL):
-    """(excess, median step, last test accuracy, steps redone) of one run, a worker killed
-    on a timer: excess is the time its steps took beyond the run's median step, in steps."""
-    ends = []
-    timer = threading.Timer(kill_after, os.kill, (victim, signum)) if victim else None
+    """(excess, median step, last test accuracy, steps redone, the steps in ms with the one
+    the kill hit marked) of one run, a worker killed on a timer: excess is the time its steps
+    took beyond the run's median step, in steps."""
+    ends, killed = [], []
+
+    def kill() -> None:
+        killed.append(time.perf_counter())
+        os.kill(victim, signum)
+
+    timer = threading.Timer(kill_after, kill) if victim else None
 
     def step_ended() -> None:  # asked once before the first step, then after each step
         ends.append(time.perf_counter())
@@ -60,7 +67,9 @@ def timed(data, engine, config, kill_after=None, victim=None, signum=signal.SIGK
     typical = statistics.median(steps)
     excess = sum(d - typical for d in steps) / typical
     redone = sum("worker was lost" in str(w.message) for w in caught)
-    return excess, typical, history.last["test_accuracy"], redone
+    shown = " ".join(f"{'*' if killed and a <= killed[0] < b else ''}{1e3 * d:.0f}"
+                     for a, b, d in zip(ends, ends[1:], steps))
+    return excess, typical, history.last["test_accuracy"], redone, shown
 
 
 if __name__ == "__main__":
@@ -69,6 +78,8 @@ if __name__ == "__main__":
     parser.add_argument("--signal", choices=("KILL", "TERM"), default="KILL")
     parser.add_argument("--workers", type=int, default=WORKERS,
                         help=f"single-thread workers (default: {WORKERS})")
+    parser.add_argument("--steps", action="store_true",
+                        help="print each step's ms in the runs with a fault (* the one hit)")
     args = parser.parse_args()
     signum = getattr(signal, f"SIG{args.signal}")
     data = synthetic_digits(20_000, 2_000)
@@ -84,12 +95,13 @@ if __name__ == "__main__":
             while len(engine.workers) < args.workers and time.time() < deadline:
                 time.sleep(0.2)
             train(data, engine, config.replace(steps=2), eval_every=2)
-            floor, per_step, _, _ = timed(data, engine, config)
+            floor, per_step, _, _, _ = timed(data, engine, config)
             floors.append(floor)
             victim = rng.choice(list(engine.client.run(os.getpid).values()))
             delay = rng.uniform(3 * per_step, (STEPS - 3) * per_step)
             try:
-                lost, _, got, redone = timed(data, engine, config, delay, victim, signum)
+                lost, _, got, redone, shown = timed(data, engine, config, delay, victim,
+                                                    signum)
             except Exception as exc:  # a run the fault ended counts, and the next one goes on
                 failures += 1
                 print(f"run {run:2d}: kill at {delay:5.2f} s: ENDED ({type(exc).__name__}: "
@@ -102,6 +114,8 @@ if __name__ == "__main__":
                   f"accuracy {got:.4f} ({'= NumPy' if got == want else 'DIFFERS'}): the "
                   f"fault cost {lost:.1f} steps of time (a run without one: {floor:.1f}; "
                   f"{per_step * 1e3:.0f} ms a step){'' if ok else '  <- FAILED'}", flush=True)
+            if args.steps:
+                print(f"        steps (ms): {shown}", flush=True)
     print(f"{args.runs - failures} of {args.runs} runs finished with NumPy's accuracy within "
           f"two steps' time of the fault; the cost: median {statistics.median(costs):.1f}, "
           f"worst {max(costs):.1f} steps (runs without a fault: median "

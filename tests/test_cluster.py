@@ -196,6 +196,21 @@ def test_a_redone_attempt_uses_the_copies_of_the_parameters_its_workers_hold(clu
     assert attempts[1] == attempts[0] and cluster._out - before == 2 * workers * 24
 
 
+def test_a_worker_that_joined_is_sent_the_parameters_without_holding_up_the_step(cluster):
+    """A worker new since the last broadcast holds no chunk yet: its copy goes out beside
+    the step (counted), and only the others' copies are waited for; the broadcast after
+    that one waits for it like any other."""
+    import numpy as np
+
+    workers = cluster.workers
+    cluster._broadcast([np.zeros(4, np.float32)], step=False)
+    cluster._sent_to = workers[1:]  # as if workers[0] had joined since
+    before = cluster._out
+    copies = cluster._broadcast([np.ones(4, np.float32)], step=True)
+    assert sorted(copies) == workers[1:] and cluster._out - before == 16 * len(workers)
+    assert sorted(cluster._broadcast([np.ones(4, np.float32)], step=False)) == workers
+
+
 async def _crash() -> None:
     os._exit(1)
 

@@ -397,28 +397,44 @@ class ClusterEngine:
         return ClusterAccuracy(self, activation)
 
     def _broadcast(self, params: list[np.ndarray], step: bool) -> dict[str, list[Future]]:
-        """The parameters, one copy sent to each worker (counted when for a step): directly,
-        or through the scheduler where a worker cannot be reached from here. In a step redone
-        after a fault, the workers left keep the copies they were sent for the failed
-        attempt: only a worker without one is sent one (see retrying)."""
+        """The parameters, one copy sent to each worker at once (counted when for a step):
+        directly, or through the scheduler where a worker cannot be reached from here.
+
+        In a step redone after a fault, the workers left keep the copies they were sent for
+        the failed attempt: only a worker without one is sent one (see retrying). A worker
+        that joined since the last broadcast holds no chunk yet: its copy is sent beside
+        the step, not waited for, so that the first connection to it (TLS and all) does not
+        hold the step up."""
         host = tuple(np.asarray(p) for p in params)
         held, _ = self._copies
         if len(held) != len(host) or any(a is not b for a, b in zip(held, host)):
             self._copies = (host, {})  # new parameters: the old copies are let go
         sent = self._copies[1]
-        self._sent_to = self.workers
-        for worker in self._sent_to:
-            if worker in sent and all(part.status == "finished" for part in sent[worker]):
-                continue
-            try:
-                sent[worker] = self._watched(lambda: self.client.scatter(  # noqa: B023
-                    host, workers=[worker], direct=self.direct, hash=False,  # noqa: B023
-                    timeout=SCATTER_WAIT_S, asynchronous=True))
-            except (KeyError, TimeoutError):  # the scheduler no longer lists it: retrying()
-                raise WorkerLeft(f"worker {worker} left the cluster") from None
+        before, self._sent_to = self._sent_to, self.workers
+        needed = [worker for worker in self._sent_to if worker not in sent
+                  or any(part.status != "finished" for part in sent[worker])]
+        joined = [worker for worker in needed if before and worker not in before]
+        waited = [worker for worker in needed if worker not in joined]
+
+        def scatter(worker: str) -> Awaitable[Any]:
             if step:
                 self._out += sum(p.nbytes for p in host) * (1 if self.direct else 2)
-        return {worker: sent[worker] for worker in self._sent_to}
+            return self.client.scatter(host, workers=[worker], direct=self.direct, hash=False,
+                                       timeout=SCATTER_WAIT_S, asynchronous=True)
+
+        async def send() -> list[Any]:
+            for worker in joined:  # its outcome read, and dropped
+                asyncio.ensure_future(scatter(worker)).add_done_callback(
+                    lambda w: w.cancelled() or w.exception())
+            return await asyncio.gather(*map(scatter, waited), return_exceptions=True)
+
+        for worker, copy in zip(waited, self._watched(send) if needed else []):
+            if isinstance(copy, (KeyError, TimeoutError)):  # the scheduler no longer lists it
+                raise WorkerLeft(f"worker {worker} left the cluster") from None  # retrying()
+            if isinstance(copy, BaseException):
+                raise copy
+            sent[worker] = copy
+        return {worker: sent[worker] for worker in self._sent_to if worker in sent}
 
     def _holders(self, split: ClusterSplit, indices: Iterable[int]) -> dict[int, str | None]:
         """The worker that holds each of these chunks now, or is building it (None: its
