@@ -79,6 +79,7 @@ def test_the_data_stays_on_its_workers_and_only_parameters_travel(cluster, tiny_
     per_step = (after.out + after.back - before.out - before.back) / steps
     assert steps == 6 and per_step <= 4 * size + 64  # the losses' few bytes aside
     assert after.chunks_moved == 0 and after.between == before.between
+    assert after.reshipped == before.reshipped  # read on the workers: no rows sent from here
 
 
 def _loopback_bytes() -> int:
@@ -209,6 +210,8 @@ def test_a_worker_that_joined_is_sent_the_parameters_without_holding_up_the_step
     copies = cluster._broadcast([np.ones(4, np.float32)], step=True)
     assert sorted(copies) == workers[1:] and cluster._out - before == 16 * len(workers)
     assert sorted(cluster._broadcast([np.ones(4, np.float32)], step=False)) == workers
+    cluster._sent_to = ["tls://127.0.0.1:9"]  # every worker new: none holds a chunk, all wait
+    assert sorted(cluster._broadcast([np.zeros(4, np.float32)], step=False)) == workers
 
 
 async def _crash() -> None:
@@ -569,7 +572,12 @@ def test_a_worker_that_joins_mid_run_takes_a_share_of_the_rows():
                         if str(entry[0]).startswith("worker_gradient") and "memory" in entry})
 
         computed = engine.client.run(gradients_computed, workers=[newcomer])[newcomer]
+        traffic = engine.traffic()
     assert computed >= 5, computed  # of the 11 steps after it joined
+    # its share's rows went out again from here, inside their recipes, and are said so
+    row_bytes = data.train_images[0].nbytes + data.train_labels[0].nbytes
+    assert traffic.reshipped > 0 and traffic.reshipped % (2 * row_bytes) == 0
+    assert f"{traffic.reshipped / 1e3:.0f} kB of rows sent again" in traffic.describe(1)
     reference, _ = train(data, numpy_backend(), config, eval_every=15)
     _agree(model, reference)
 

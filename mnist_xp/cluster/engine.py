@@ -171,7 +171,9 @@ class ClusterAccuracy:
 class Traffic(NamedTuple):
     """Bytes the steps moved so far: parameters out, partial sums back (every hop: twice where
     the scheduler relays them), and between workers (from the workers' own transfer logs,
-    evaluations included), with any data chunk that moved between workers."""
+    evaluations included), with any data chunk that moved between workers; and apart from
+    the steps' bytes, the rows sent again from here to rebuild chunks after a fault or for a
+    worker that joined (data not read from files on the workers)."""
 
     out: int
     back: int
@@ -179,6 +181,7 @@ class Traffic(NamedTuple):
     chunks_moved: int
     steps: int
     direct: bool = True  # client <-> workers directly, not through the scheduler
+    reshipped: int = 0  # rows sent again from here (via the scheduler) to rebuild chunks
 
     @property
     def per_step(self) -> float:
@@ -189,11 +192,14 @@ class Traffic(NamedTuple):
         moved = ("no data chunk moved between workers" if not self.chunks_moved else
                  f"{self.chunks_moved} data chunk transfers between workers (is work stealing "
                  f"on? distributed.scheduler.work-stealing: false keeps data in place)")
+        again = (f"; {self.reshipped / 1e3:.0f} kB of rows sent again, through the scheduler, "
+                 f"to rebuild chunks a lost worker held or a new one took" if self.reshipped
+                 else "")
         return (f"network: {self.per_step / 1e3:.1f} kB per step, "
                 f"{self.per_step / parameter_bytes:.2f}x the {parameter_bytes / 1e3:.1f} kB of "
                 f"parameters (out {self.out / 1e3:.0f} kB, back {self.back / 1e3:.0f} kB, "
                 f"between workers {self.between / 1e3:.0f} kB over {self.steps} steps"
-                f"{'' if self.direct else ', relayed by the scheduler'}); {moved}")
+                f"{'' if self.direct else ', relayed by the scheduler'}); {moved}{again}")
 
 
 class ClusterEngine:
@@ -210,7 +216,7 @@ class ClusterEngine:
         self.client, self.cluster, self.gpu, self.note = client, cluster, gpu, note
         self._on_close = on_close  # what else closing the cluster undoes
         self.backend = numpy_backend()  # where the parameters live
-        self._out = self._back = self._steps = 0
+        self._out = self._back = self._steps = self._reshipped = 0
         self._keys = 0
         self._sent_to: list[str] = []  # the workers the parameters last went to
         # the parameters last sent for the work retrying() attempts, and each worker's copy
@@ -333,6 +339,13 @@ class ClusterEngine:
             self.client.gather(self.client.map(chunk_rows_of, chunks, pure=False))
         return ClusterSplit(chunks, sizes, recipes, placed, readable)
 
+    def _rebuild(self, recipe: Recipe, worker: str, elsewhere: bool = True) -> Future:
+        """_build during the run: the rows a recipe carries (data not read from files) are
+        counted, twice (here to the scheduler, the scheduler to the worker)."""
+        if recipe.images is not None:
+            self._reshipped += 2 * (recipe.images.nbytes + recipe.labels.nbytes)
+        return self._build(recipe, worker, elsewhere)
+
     def _build(self, recipe: Recipe, worker: str, elsewhere: bool = True) -> Future:
         """The chunk of this recipe, built on `worker` (or, if it is lost, `elsewhere`)."""
         self._keys += 1
@@ -372,7 +385,7 @@ class ClusterEngine:
                 if load[busiest] <= share:
                     break
                 i = next(i for i, w in holders.items() if w == busiest and i not in split.moving)
-                split.moving[i] = (newcomer, self._build(split.recipes[i], newcomer, False))
+                split.moving[i] = (newcomer, self._rebuild(split.recipes[i], newcomer, False))
                 load[busiest] -= 1
                 load[newcomer] += 1
 
@@ -413,7 +426,8 @@ class ClusterEngine:
         before, self._sent_to = self._sent_to, self.workers
         needed = [worker for worker in self._sent_to if worker not in sent
                   or any(part.status != "finished" for part in sent[worker])]
-        joined = [worker for worker in needed if before and worker not in before]
+        stayed = set(before) & set(self._sent_to)  # none: every worker is new, all wait
+        joined = [worker for worker in needed if stayed and worker not in before]
         waited = [worker for worker in needed if worker not in joined]
 
         def scatter(worker: str) -> Awaitable[Any]:
@@ -459,7 +473,7 @@ class ClusterEngine:
         for i, worker in self._holders(split, indices).items():
             if worker is None:
                 worker = self._sent_to[lost % len(self._sent_to)]
-                split.chunks[i] = self._build(split.recipes[i], worker)
+                split.chunks[i] = self._rebuild(split.recipes[i], worker)
                 split.placed[i] = worker
                 lost += 1
             groups.setdefault(worker, []).append(i)
@@ -546,7 +560,7 @@ class ClusterEngine:
 
         logs = self.client.run(moved).values()
         return Traffic(self._out, self._back, sum(t for t, _ in logs), sum(c for _, c in logs),
-                       self._steps, self.direct)
+                       self._steps, self.direct, self._reshipped)
 
     def retrying(self, work: Any, *args: Any) -> Any:
         """work(*args), again when a worker left in the middle of it (a connection closed, as
