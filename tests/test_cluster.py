@@ -159,15 +159,19 @@ def test_resume_on_the_cluster_equals_straight_through(cluster, tiny_data, tmp_p
 def test_local_workers_are_forked_from_a_server_that_imported_the_worker_code(cluster):
     """A replacement worker starts with this package's worker code already imported, not
     importing it while the workers it joins are in the middle of a step: its parent, the
-    forkserver, was told to import it."""
-    def parent_command_line() -> str:
-        return open(f"/proc/{os.getppid()}/cmdline", "rb").read().decode()
+    forkserver, was told to import it. And that server is in a process group of its own, so
+    that a signal to this command's group does not end it (which would make every worker it
+    forked look dead to its nanny)."""
+    def parent() -> tuple[str, int]:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as cmdline:
+            return cmdline.read().decode(), os.getpgid(os.getppid())
 
     if not os.path.exists("/proc/self/cmdline"):
         pytest.skip("needs /proc to read a process's command line")
-    for command in cluster.client.run(parent_command_line).values():
+    for command, group in cluster.client.run(parent).values():
         assert "multiprocessing.forkserver" in command
         assert "mnist_xp.cluster.worker" in command
+        assert group != os.getpgrp()
 
 
 def test_a_redone_attempt_uses_the_copies_of_the_parameters_its_workers_hold(cluster):
@@ -336,8 +340,9 @@ def test_work_the_cluster_cannot_redo_stops_the_run_and_keeps_the_checkpoint(
 @pytest.mark.parametrize("to", ["the process", "its process group"])
 def test_sigterm_stops_a_cluster_run_with_its_checkpoint(tiny_dir, tmp_path, to):
     """`timeout`, a terminal's Ctrl-C and job schedulers signal the whole process group: the
-    LocalCluster's workers are in groups of their own, so the step in flight finishes and the
-    checkpoint is written at the stop (not only at --checkpoint-every)."""
+    LocalCluster's workers, and the server they are forked from, are in groups of their own,
+    so the step in flight finishes on the same workers and the checkpoint is written at the
+    stop (not only at --checkpoint-every)."""
     importorskip("distributed")
     path = tmp_path / "run.npz"
     process = subprocess.Popen(
@@ -360,6 +365,7 @@ def test_sigterm_stops_a_cluster_run_with_its_checkpoint(tiny_dir, tmp_path, to)
             os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 143, err
     assert "stopped by SIGTERM after step" in err and "Traceback" not in err
+    assert "worker was lost" not in err  # the workers' forkserver is out of the group too
     assert load_checkpoint(path).step >= 2
 
 

@@ -109,15 +109,16 @@ def start(workers: int | None, scheduler: str | None, gpu: bool, *, dashboard: b
 def _preload_worker_code() -> None:
     """The forkserver imports this package's worker code too, beside what distributed has it
     import: a worker forked from it starts with it, not importing it while the workers it
-    joins are in the middle of a step. In effect only where the forkserver has not started
-    yet."""
+    joins are in the middle of a step; and server_group, which moves the server out of this
+    command's process group. In effect only where the forkserver has not started yet."""
     import multiprocessing.forkserver
 
     from distributed.utils import get_mp_context
 
     context = get_mp_context()  # distributed's own list set first, then extended
     modules = getattr(multiprocessing.forkserver._forkserver, "_preload_modules", None)
-    context.set_forkserver_preload([*(modules or ["distributed"]), f"{__package__}.worker"])
+    context.set_forkserver_preload([*(modules or ["distributed"]), f"{__package__}.worker",
+                                    f"{__package__}.server_group"])
 
 
 def _quiet() -> None:
