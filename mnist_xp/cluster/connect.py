@@ -75,7 +75,7 @@ def start(workers: int | None, scheduler: str | None, gpu: bool, *, dashboard: b
         # the nannies at each start, so it stays set while the cluster lives)
         undo.enter_context(dask.config.set(
             {"distributed.worker.multiprocessing-method": "forkserver"}))
-        _preload_worker_code()
+        _prepare_forkserver()
     cluster = client = None
     try:
         with dask.config.set(settings):
@@ -106,7 +106,7 @@ def start(workers: int | None, scheduler: str | None, gpu: bool, *, dashboard: b
     return _engine(client, cluster, gpu, note, on_close=undo.close)
 
 
-def _preload_worker_code() -> None:
+def _prepare_forkserver() -> None:
     """The forkserver imports this package's worker code too, beside what distributed has it
     import: a worker forked from it starts with it, not importing it while the workers it
     joins are in the middle of a step; and server_group, which moves the server out of this

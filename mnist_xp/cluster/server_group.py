@@ -1,5 +1,5 @@
 """Imported by the forkserver of a LocalCluster started here, and nowhere else (see
-connect._preload_worker_code): it moves that server into a process group of its own. A signal
+connect._prepare_forkserver): it moves that server into a process group of its own. A signal
 sent to the command's process group (`timeout`'s SIGTERM) would otherwise end the server, and
 multiprocessing then reports every worker it forked as exited, so their nannies let them go
 and start new ones: the step in flight is redone on workers that must build their rows again.
