@@ -35,8 +35,13 @@ class Estimate(NamedTuple):
         how = (f"the run so far: {_time(self.seconds_per_step)} per step" if self.refreshed else
                f"{_time(self.seconds_per_step)} per step (median of {self.steps_timed})")
         return (f"pace{', refreshed' if self.refreshed else ''}: {how}, "
-                f"{_time(self.evaluation_seconds)} per evaluation; the {self.steps_left} steps "
-                f"and {self.evaluations_left} evaluations left take about {left}")
+                f"{_time(self.evaluation_seconds)} per evaluation; the "
+                f"{_count(self.steps_left, 'step')} and "
+                f"{_count(self.evaluations_left, 'evaluation')} left take about {left}")
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def _time(seconds: float) -> str:

@@ -30,7 +30,8 @@ class RunSettings:
     total_steps: int
     eval_every: int = setting(
         1, type=int, metavar="K",
-        help="evaluate train and test accuracy every K steps (default: steps/10)")
+        help="evaluate train and test accuracy every K steps (default: steps/10, and at "
+             "least an epoch's steps)")
     log_every: int = setting(10, type=int, metavar="K",
                              help="read the loss back every K steps (default: 10)")
     chunk_size: int | None = setting(  # None: the engine's choice
@@ -90,7 +91,10 @@ def check_run(preset: str | Config | None = None, given: dict[str, Any] | None =
     if resume is not None and resume.step >= total:
         raise UsageError(f"the checkpoint is already at step {resume.step} of {total}: pass "
                          f"--steps above {resume.step} to train further")
-    eval_every = max(1, total // 10) if eval_every is None else eval_every
+    if eval_every is None:  # ten a run, at most one an epoch: an evaluation runs forward
+        # over every training row, a third of what an epoch of training costs
+        epoch = math.ceil(rows * config.augment / per_step) if per_step else 1
+        eval_every = max(1, total // 10, epoch)
     log_every = 10 if log_every is None else log_every
     return RunSettings(config, dataset, total, eval_every, log_every, chunk_size, checkpoint,
                        checkpoint_every or eval_every, resume)

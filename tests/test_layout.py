@@ -122,6 +122,19 @@ def test_train_uses_the_settings_it_is_given(tiny_data, monkeypatch):
     assert history.steps == 4 and [r["step"] for r in history.records] == [2, 4]
 
 
+def test_by_default_a_run_evaluates_ten_times_but_at_most_once_an_epoch():
+    def every(given):
+        return check_run("best", given, train_rows=lambda _: 1000).eval_every
+
+    assert every({"steps": 150}) == 15  # full batch: a step is an epoch
+    assert every({"steps": 5}) == 1
+    assert every({"batch_size": 100, "epochs": 20}) == 20  # 200 steps, 10 an epoch
+    assert every({"batch_size": 100, "epochs": 3}) == 10  # not 3: once an epoch
+    assert every({"batch_size": 100, "steps": 4}) == 10  # only at the end
+    assert every({"batch_size": 100, "epochs": 3, "augment": 2}) == 20  # 2000 rows an epoch
+    assert every({"batch_size": 300, "epochs": 2}) == 4  # the last batch is a short one
+
+
 def test_the_gate_refuses_before_any_data(tiny_data):
     with pytest.raises(UsageError, match="--eval-every 0: must be at least 1"):
         check_run("best", {}, train_rows=lambda _: pytest.fail("data read"), eval_every=0)

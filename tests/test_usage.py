@@ -510,6 +510,8 @@ def test_the_pace_is_refreshed_once_when_the_run_proves_it_far_off():
     for step in range(2, 7):
         steady.timed(step, 0.010, 0.050, now=1.0)
     assert steady.check(20, now=1.0 + 14 * 0.010 + 2 * 0.050) is None  # as said
+    assert said._replace(steps_left=1, evaluations_left=1).line().endswith(
+        "the 1 step and 1 evaluation left take about 0 s")
 
 
 def test_guards_refuse_what_a_machine_cannot_do(tiny_dir, capsys, monkeypatch):
