@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -68,13 +69,39 @@ def test_no_import_circle():
         if module not in state:
             visit(module, [])
     assert not circle, f"import circle through {circle}"
-    # the layers the design names: the math and the libraries never reach up to an engine
-    for low in ("mnist_xp.nn", "mnist_xp.optim", *(m for m in graph
-                                                     if m.startswith("mnist_xp.backends"))):
-        assert not {m for m in graph[low]} & {"mnist_xp.step", "mnist_xp.engines",
-                                               "mnist_xp.cluster", "mnist_xp.train",
-                                               "mnist_xp.cli"}, low
-    assert not any("cluster" in m for m in graph["mnist_xp.nn"])
+
+
+def _floors() -> dict[str, int]:
+    """module -> its floor as docs/architecture.md lists it (0: an I/O room)."""
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    floors: dict[str, int] = {}
+    for block in re.findall(r"```text\n(.*?)```", text, re.S):
+        floor, folder = 0, None  # (indent, name) of the folder being listed
+        for line in block.splitlines():
+            if match := re.match(r"floor (\d)", line):
+                floor, folder = int(match[1]), None
+            elif match := re.match(r"( +)(\w+)(\.py|/)(\s|$)", line):
+                indent, name = len(match[1]), match[2]
+                if folder and indent > folder[0]:
+                    name = f"{folder[1]}.{name}"
+                elif match[3] == "/":
+                    folder = (indent, name)
+                else:
+                    folder = None
+                floors[f"mnist_xp.{name}".removesuffix(".__init__")] = floor
+    return floors
+
+
+def test_imports_point_down_the_floors_that_architecture_md_lists():
+    graph, floors = _imports(), _floors()
+    assert set(graph) - set(floors) == {"mnist_xp", "mnist_xp.__main__"}, "not listed"
+    assert set(floors) <= set(graph), "listed, but no such module"
+    for module, imported in graph.items():
+        for target in imported:
+            if module in floors and target in floors:
+                here, there = floors[module], floors[target]
+                # a floor uses its own and those below; a room, the math and the libraries
+                assert there <= (here if here else 2), f"{module} imports {target}"
 
 
 def test_nothing_above_the_backends_asks_with_hasattr():
