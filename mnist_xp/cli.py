@@ -38,7 +38,7 @@ from .model import MLP
 from .modelfile import read_model_file
 from .plotting import pyplot
 from .presets import PRESETS
-from .settings import RunSettings, check_outputs, check_run
+from .settings import CHUNK_SIZE_DEFAULT, RunSettings, check_outputs, check_run
 from .stopping import Abort, signal_name, stop_on_signals
 from .train import evaluate, run_metrics, train
 from .version import __version__
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=20, help="timed steps (default: 20)")
     bench.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
     bench.add_argument("--chunk-size", type=int, metavar="ROWS",
-                       help="rows per chunk (default: 2048 on a CPU, one pass on a GPU)")
+                       help=f"rows per chunk (default: {CHUNK_SIZE_DEFAULT})")
     bench.add_argument("--no-torch", action="store_true",
                        help="skip the PyTorch side-by-side step even when torch is installed")
     bench.add_argument("--no-accuracy", action="store_true",

@@ -18,6 +18,9 @@ from .files import check_distinct, check_not_inputs, check_output
 from .presets import get_preset
 
 MAX_CHUNKS = 4096  # chunks a step's rows may be cut into (each costs a pass, or a Dask task)
+# each engine's own default (Backend.default_chunk_rows, the cluster engine's CHUNKS_PER_WORKER)
+CHUNK_SIZE_DEFAULT = ("2048 on a CPU; one pass on a GPU and with JAX; 10,000 with Dask; on a "
+                      "cluster, 4 chunks a worker")
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,8 @@ class RunSettings:
     log_every: int = setting(10, type=int, metavar="K",
                              help="read the loss back every K steps (default: 10)")
     chunk_size: int | None = setting(  # None: the engine's choice
-        None, type=int, metavar="ROWS", help="compute each step's gradient over chunks of ROWS "
-                                             "rows (default: 2048 on a CPU, one pass on a GPU)")
+        None, type=int, metavar="ROWS", help=f"compute each step's gradient over chunks of ROWS "
+                                             f"rows (default: {CHUNK_SIZE_DEFAULT})")
     checkpoint: Path | None = setting(
         None, type=Path, metavar="FILE.npz",
         help="save weights, optimizer and RNG state and history here during training "

@@ -17,7 +17,7 @@ from mnist_xp.backends import CHOICES, LIBRARIES, check_pair, numpy_backend
 from mnist_xp.cli import build_parser, main
 from mnist_xp.config import flag
 from mnist_xp.errors import BackendError, UsageError
-from mnist_xp.settings import RunSettings, check_run
+from mnist_xp.settings import CHUNK_SIZE_DEFAULT, RunSettings, check_run
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mnist_xp"
 
@@ -132,6 +132,23 @@ def test_the_train_flags_are_the_config_fields(capsys):
     text = capsys.readouterr().out
     for field in dataclasses.fields(Config):
         assert flag(field.name) in text, field.name
+
+
+def test_the_chunk_size_help_gives_each_engines_default(capsys):
+    from mnist_xp.backends.dask import DaskBackend
+    from mnist_xp.backends.jax import JaxBackend
+    from mnist_xp.cluster.engine import CHUNKS_PER_WORKER
+
+    cpu = numpy_backend().default_chunk_rows
+    dask_rows, jax_rows = (b.default_chunk_rows.fget(None) for b in (DaskBackend, JaxBackend))
+    assert jax_rows is None  # one pass
+    said = (f"{cpu} on a CPU; one pass on a GPU and with JAX; {dask_rows:,} with Dask; on a "
+            f"cluster, {CHUNKS_PER_WORKER} chunks a worker")
+    assert said == CHUNK_SIZE_DEFAULT
+    for command in ("train", "bench"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert " ".join(capsys.readouterr().out.split()).count(CHUNK_SIZE_DEFAULT) == 1
 
 
 def test_train_uses_the_settings_it_is_given(tiny_data, monkeypatch):
