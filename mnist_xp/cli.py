@@ -80,12 +80,13 @@ def _add_cluster(parser: argparse.ArgumentParser, many: bool = False) -> None:
         parser.add_argument(f"--tls-{name}", type=Path, metavar="FILE", help=what)
 
 
-def _add_data(parser: argparse.ArgumentParser, default: str = "mnist") -> None:
+def _add_data(parser: argparse.ArgumentParser, default: str = "mnist",
+              files: str = "four IDX files") -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), help=f"(default: {default})")
     parser.add_argument("--data-dir", type=Path, metavar="DIR",
-                        help="read the four IDX files from this folder, no network "
-                             "(default: $MNIST_XP_DATA_DIR or ~/.cache/mnist-xp, downloading "
-                             "on first use)")
+                        help=f"read the dataset's {files} from this folder, no network "
+                             f"(default: the cache, $MNIST_XP_DATA_DIR or "
+                             f"~/.cache/mnist-xp/DATASET, downloading on first use)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--csv", type=Path, metavar="FILE",
                        help="a labelled Kaggle CSV (label,pixel0,...) instead of the test set")
     _add_device(check)
-    _add_data(check, "the one the model was trained on")
+    _add_data(check, "the one the model was trained on", "two test IDX files")
     check.set_defaults(func=cmd_evaluate)
 
     guess = commands.add_parser(
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     pictures.add_argument("--out", type=Path, required=True, metavar="DIR",
                           help="folder for the PNGs and report.md (created if missing)")
     _add_device(pictures)
-    _add_data(pictures, "the one the model was trained on")
+    _add_data(pictures, "the one the model was trained on", "two test IDX files")
     pictures.set_defaults(func=cmd_report)
 
     info = commands.add_parser("info", help="library versions and the CUDA devices CuPy sees")

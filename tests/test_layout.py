@@ -134,6 +134,21 @@ def test_the_train_flags_are_the_config_fields(capsys):
         assert flag(field.name) in text, field.name
 
 
+def test_the_synopsis_of_command_line_md_names_every_flag():
+    """README sends readers to docs/command-line.md for "every command and flag"."""
+    text = (PACKAGE.parent / "docs" / "command-line.md").read_text()
+    block = re.search(r"```text\n(mnist-xp train .*?)```", text, re.S)[1]
+    parts = re.split(r"^mnist-xp (\w+)", block, flags=re.M)[1:]
+    synopsis = dict(zip(parts[::2], parts[1::2]))
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(synopsis) == set(commands)
+    for name, parser in commands.items():
+        for action in parser._actions:
+            for option in set(action.option_strings) - {"-h", "--help"}:
+                assert re.search(re.escape(option) + r"(?![\w-])", synopsis[name]), \
+                    f"mnist-xp {name} {option}"
+
+
 def test_the_chunk_size_help_gives_each_engines_default(capsys):
     from mnist_xp.backends.dask import DaskBackend
     from mnist_xp.backends.jax import JaxBackend
@@ -176,6 +191,8 @@ def test_by_default_a_run_evaluates_ten_times_but_at_most_once_an_epoch():
     assert every({"batch_size": 100, "epochs": 3}) == 10  # not 3: once an epoch
     assert every({"batch_size": 100, "steps": 4}) == 10  # only at the end
     assert every({"batch_size": 100, "epochs": 3, "augment": 2}) == 20  # 2000 rows an epoch
+    assert check_run("best", {"batch_size": 100, "epochs": 3, "augment": 2},
+                     train_rows=lambda _: 1000).total_steps == 60  # E·⌈rows·K/N⌉
     assert every({"batch_size": 300, "epochs": 2}) == 4  # the last batch is a short one
 
 

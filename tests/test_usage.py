@@ -329,6 +329,10 @@ def test_evaluate_and_report_need_only_the_test_files(model_file, tiny_dir, caps
     assert main(["evaluate", "--model", str(model_file), "--data-dir", str(tiny_dir),
                  "--device", "cpu"]) == 0
     assert "(120 images)" in capsys.readouterr().out
+    for command in ("evaluate", "report"):  # and their --data-dir help says so
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "two test IDX files" in " ".join(capsys.readouterr().out.split())
 
 
 def test_evaluate_on_an_unlabelled_csv_points_at_predict(model_file, tiny_data, tmp_path,
