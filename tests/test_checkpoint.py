@@ -302,3 +302,47 @@ def test_a_stop_while_setting_up_stops_at_once(tiny_data, tmp_path):
     assert time.monotonic() - begin < 10
     assert err.strip() == "stopped at once by SIGTERM: nothing more was saved"
     assert not (tmp_path / "run.npz").exists()
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_second_signal_during_a_step_stops_at_once(tiny_data, tmp_path, signum, status):
+    """The first Ctrl-C or SIGTERM waits for the step; a second one, during that step, does
+    not: the checkpoint on disk stays the last one written."""
+    script = tmp_path / "slow_step.py"
+    script.write_text(
+        "import sys, time\n"
+        "import mnist_xp.step as step\n"
+        "real, calls = step.TrainStep.__call__, []\n"
+        "def slow(*args, **kwargs):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 4:\n"
+        "        print('slow step', flush=True)\n"
+        "        time.sleep(60)\n"
+        "    return real(*args, **kwargs)\n"
+        "step.TrainStep.__call__ = slow\n"
+        "from mnist_xp.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n")
+    from helpers import write_dataset
+
+    write_dataset(tmp_path / "tiny", tiny_data)
+    path = tmp_path / "run.npz"
+    process = subprocess.Popen(
+        [sys.executable, str(script), "train", "--preset", "relu10", "--device", "cpu",
+         "--quiet", "--data-dir", str(tmp_path / "tiny"), "--checkpoint", str(path),
+         "--checkpoint-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if line.startswith("slow step"):
+            break
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    process.send_signal(signum)
+    assert process.stderr.readline() == "\n"  # the line, below the progress bar
+    assert process.stderr.readline() == (f"{name}: stopping after this step ({name} again to "
+                                         f"stop at once)\n")
+    begin = time.monotonic()
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == status, err
+    assert time.monotonic() - begin < 10  # not the 60 s the step still had to go
+    assert err.strip() == f"stopped at once by {name}: nothing more was saved"
+    assert load_checkpoint(path).step == 3  # the last step that ended
