@@ -295,3 +295,18 @@ def test_ctrl_c_in_bench_keeps_what_was_timed(tmp_path, capsys, monkeypatch):
     assert err.strip() == (f"interrupted by Ctrl-C: the report above holds the 1 cases timed "
                            f"before it, written to {out_json}")
     assert "tf32=" not in out
+
+
+def test_bench_readme_lists_every_script_and_each_names_its_command():
+    """Every figure needs the command that produced it: each script in bench/ is in
+    bench/README.md's table, and its docstring (or header) shows how to run it."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "bench"
+    readme = (folder / "README.md").read_text()
+    for script in [*folder.glob("*.py"), *folder.glob("*.sh")]:
+        assert f"`{script.name}`" in readme, script.name
+        head = script.read_text()[:3000]
+        runs = ("bench/gpu_check.sh" if script.name == "gpu_checks.py" else  # runs it
+                f"{'bash' if script.suffix == '.sh' else 'python'} bench/{script.name}")
+        assert runs in head, script.name
