@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mnist_xp import MLP, Config, DataError, DivergenceError, UsageError, evaluate, train
+from mnist_xp import MLP, PRESETS, Config, DataError, DivergenceError, UsageError, evaluate, train
 from mnist_xp.backends import numpy_backend
 from mnist_xp.data import Dataset
 from mnist_xp.errors import DeviceMemoryError
@@ -240,11 +242,42 @@ def test_load_refuses_bad_files(tmp_path, tiny_data):
         MLP.load(tmp_path / "absent.npz", numpy_backend())
 
 
+def _presets_table() -> dict[str, dict[str, str]]:
+    """docs/command-line.md's presets table: preset -> column -> cell."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "command-line.md").read_text()
+    lines = text[text.index("| preset | network |"):].splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        cells = dict(zip(header, (cell.strip() for cell in line.strip("|").split("|"))))
+        rows[cells["preset"]] = cells
+    return rows
+
+
+def test_the_presets_table_describes_the_presets():
+    table = _presets_table()
+    assert set(table) == set(PRESETS)
+    for name, row in table.items():
+        config = PRESETS[name]
+        assert [int(n) for n in re.findall(r"\d+", row["network"])] == list(config.sizes), name
+        how = row["optimizer"]
+        assert float(re.search(r"lr ([\d.e-]+)", how)[1]) == config.lr, name
+        length = (f"{config.epochs} epochs" if config.batch_size else f"{config.steps} steps")
+        assert length in how, name
+        assert ("full-batch" in how) == (config.batch_size is None), name
+        if config.batch_size:
+            assert f"batch {config.batch_size}" in how, name
+
+
 @pytest.mark.real_data
-def test_relu10_on_real_mnist(real_data_dir):
-    """relu10 for 100 full-batch steps on all 60,000 images reaches >= 80% on the 10k test set."""
+@pytest.mark.parametrize("name", ["dumbest", "sigmoid128", "relu10"])
+def test_the_quick_presets_reach_what_the_table_says_they_must(name, real_data_dir):
+    """The presets that train in seconds, run whole on real MNIST; `best` and `record` take
+    minutes: `mnist-xp bench --accuracy-preset best record` times them to their targets."""
     from mnist_xp import load_dataset
 
-    data = load_dataset(data_dir=real_data_dir)
-    _, history = train(data, numpy_backend(), "relu10", steps=100)
-    assert history.last["test_accuracy"] >= 0.80
+    must = float(re.fullmatch(r"≥ ([\d.]+)%", _presets_table()[name]["must reach"])[1]) / 100
+    _, history = train(load_dataset(data_dir=real_data_dir), numpy_backend(), name)
+    assert history.last["test_accuracy"] >= must
