@@ -402,3 +402,14 @@ def test_one_flipped_byte_in_the_cache_is_detected_and_refetched(mirrors, stem):
         loaded = load_dataset("tiny")
     np.testing.assert_array_equal(loaded.test_images, data.test_images)
     np.testing.assert_array_equal(loaded.train_labels, data.train_labels)
+
+
+def test_docs_name_mnists_mirrors_in_the_order_they_are_tried():
+    from pathlib import Path
+
+    from mnist_xp.datasets import DATASETS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "command-line.md").read_text()
+    said = " ".join(text.split())
+    first, second = DATASETS["mnist"].mirrors
+    assert f"(MNIST: `{first}`, then `{second}`)" in said
