@@ -305,8 +305,8 @@ def time_to_accuracy(data: Dataset, backend: Backend, preset: str = "best",
     config = get_preset(preset)
     targets = ACCURACY_TARGETS.get(preset, DEFAULT_TARGETS)
     if eval_every is None:
-        eval_every = (5 if config.batch_size is None else  # one epoch's steps
-                      config.replace(epochs=1).total_steps(len(data.train_labels)))
+        eval_every = (5 if config.batch_size is None else
+                      config.epoch_steps(len(data.train_labels)))
     train(data, backend, config.replace(steps=2, epochs=None), log_every=2)
     _, history = train(data, backend, preset, eval_every=eval_every, log_every=eval_every,
                        stop_at_accuracy=max(targets), progress=True)

@@ -137,13 +137,20 @@ class Config:
 
     def total_steps(self, n_train: int) -> int:
         """Optimizer steps for a training set of n_train rows (before augmentation)."""
-        n_train *= self.augment
-        if self.batch_size is not None and self.batch_size > n_train:
+        rows = n_train * self.augment
+        if self.batch_size is not None and self.batch_size > rows:
             raise UsageError(f"batch size {self.batch_size} is larger than the "
-                             f"{n_train} training images")
+                             f"{rows} training images")
         if self.batch_size is None or self.epochs is None:
             return self.steps
-        return self.epochs * math.ceil(n_train / self.batch_size)
+        return self.epochs * self.epoch_steps(n_train)
+
+    def epoch_steps(self, n_train: int) -> int:
+        """Steps of one pass over a training set of n_train rows (before augmentation): one
+        in full batch, ⌈n_train·augment / batch⌉ in mini-batches."""
+        if self.batch_size is None:
+            return 1
+        return math.ceil(n_train * self.augment / self.batch_size)
 
     def describe(self) -> str:
         """One line: '784→128→10 relu, softmax+ce, adam lr=0.001, full batch, 500 steps'."""

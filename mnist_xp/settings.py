@@ -96,8 +96,7 @@ def check_run(preset: str | Config | None = None, given: dict[str, Any] | None =
                          f"--steps above {resume.step} to train further")
     if eval_every is None:  # ten a run, at most one an epoch: an evaluation runs forward
         # over every training row, a third of what an epoch of training costs
-        epoch = math.ceil(rows * config.augment / per_step) if per_step else 1
-        eval_every = max(1, total // 10, epoch)
+        eval_every = max(1, total // 10, config.epoch_steps(rows))
     log_every = 10 if log_every is None else log_every
     return RunSettings(config, dataset, total, eval_every, log_every, chunk_size, checkpoint,
                        checkpoint_every or eval_every, resume)
